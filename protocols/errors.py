@@ -1,0 +1,69 @@
+"""The library's exception hierarchy.
+
+It lives in :mod:`protocols` (the bottom layer) so that every layer can raise and
+catch the same types; :mod:`secrelay` re-exports it. Each subclass also inherits
+the matching built-in, so ``except ValueError`` keeps working for callers that do
+not know about secrelay.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetExceededError",
+    "ConfigError",
+    "DataFormatError",
+    "InvalidParameterError",
+    "MessageError",
+    "ProtocolAbort",
+    "SecrelayError",
+    "UnsupportedEventError",
+]
+
+
+class SecrelayError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+
+class InvalidParameterError(SecrelayError, ValueError):
+    """An argument is outside its valid range or of the wrong kind.
+
+    The message names the argument, echoes the value and says what to change.
+    """
+
+
+class ConfigError(InvalidParameterError):
+    """A run configuration is malformed (unknown key, wrong type, out of range)."""
+
+
+class DataFormatError(SecrelayError, ValueError):
+    """An input data file is malformed; the message names the file, line and reason."""
+
+
+class MessageError(SecrelayError, ValueError):
+    """A protocol message is malformed, forged, replayed or re-routed; it was rejected
+    and the receiver's state is unchanged."""
+
+
+class ProtocolAbort(SecrelayError, RuntimeError):
+    """A multi-party protocol cannot complete (for example too few survivors).
+
+    Attributes
+    ----------
+    stage:
+        The protocol stage at which the abort happened.
+    reason:
+        Human-readable reason.
+    """
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(f"protocol aborted at stage {stage!r}: {reason}")
+        self.stage = stage
+        self.reason = reason
+
+
+class BudgetExceededError(SecrelayError, RuntimeError):
+    """A privacy budget would be exceeded; the release was refused before it happened."""
+
+
+class UnsupportedEventError(SecrelayError, TypeError):
+    """An accountant cannot account a privacy event (names the sub-event)."""
