@@ -26,9 +26,14 @@ __all__ = [
 PathLike = str | os.PathLike[str]
 
 
-def data_error(path: PathLike, line: int | None, reason: str) -> DataFormatError:
-    """A :class:`DataFormatError` whose message names ``path``, the 1-based ``line`` and ``reason``."""
-    where = f"{os.fspath(path)}" if line is None else f"{os.fspath(path)}, line {line}"
+def data_error(
+    path: PathLike, line: int | None, reason: str, *, unit: str = "line"
+) -> DataFormatError:
+    """A :class:`DataFormatError` naming ``path``, the 1-based ``line`` and ``reason``.
+
+    ``unit`` names what ``line`` counts (``"row"`` for Parquet files).
+    """
+    where = f"{os.fspath(path)}" if line is None else f"{os.fspath(path)}, {unit} {line}"
     return DataFormatError(f"{where}: {reason}")
 
 
