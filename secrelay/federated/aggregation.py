@@ -1,0 +1,113 @@
+"""How the server obtains the round's sums from the devices' contributions.
+
+Every strategy in :mod:`secrelay.federated.strategies` aggregates through *named
+sums* of per-device contributions (FedAvg needs Σ n_k·Δ_k and Σ n_k; cluster-keyed
+aggregation needs per-slot sums; MetaUA needs the sums listed in DESIGN.md). A
+:class:`SumProtocol` turns the contributions into those sums and records what the
+server saw: :class:`PlaintextSum` sends every contribution in the clear (the leak);
+the secure-aggregation protocol replaces it without touching the strategies.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from protocols.errors import InvalidParameterError
+from secrelay.federated.messages import SERVER, ContributionUpload
+from secrelay.federated.transcript import Channel
+
+__all__ = ["PlaintextSum", "SumProtocol", "SumResult", "check_contributions"]
+
+
+@dataclass(frozen=True)
+class SumResult:
+    """The named sums over the surviving devices, and who survived."""
+
+    sums: dict[str, np.ndarray]
+    survivors: tuple[int, ...]
+
+
+def check_contributions(
+    contributions: Mapping[int, Mapping[str, np.ndarray]],
+) -> dict[str, tuple[int, ...]]:
+    """Validate that every device contributes the same names with the same shapes.
+
+    Returns the shape of each name. Raises :class:`InvalidParameterError` naming the
+    first device that disagrees.
+    """
+    shapes: dict[str, tuple[int, ...]] | None = None
+    for dev, contrib in contributions.items():
+        mine = {k: tuple(np.shape(v)) for k, v in contrib.items()}
+        if shapes is None:
+            shapes = mine
+        elif mine != shapes:
+            raise InvalidParameterError(
+                f"device {dev} contributes {mine}, but other devices contribute {shapes}"
+            )
+    return shapes or {}
+
+
+class SumProtocol(abc.ABC):
+    """Computes Σ_k contribution_k name by name over the devices that survive.
+
+    Attributes
+    ----------
+    stages:
+        Names of the protocol stages at which a device may drop out. A device that
+        drops at a stage is not in the survivors; the protocol either completes
+        without it or raises :class:`protocols.errors.ProtocolAbort`.
+    """
+
+    stages: tuple[str, ...] = ("upload",)
+
+    @abc.abstractmethod
+    def aggregate(
+        self,
+        round: int,
+        contributions: Mapping[int, Mapping[str, np.ndarray]],
+        channel: Channel,
+        *,
+        dropouts: Mapping[int, str] | None = None,
+    ) -> SumResult:
+        """Sum the contributions of the devices that do not drop out."""
+
+
+class PlaintextSum(SumProtocol):
+    """No protection: each device uploads its contribution in the clear."""
+
+    stages = ("upload",)
+
+    def aggregate(
+        self,
+        round: int,
+        contributions: Mapping[int, Mapping[str, np.ndarray]],
+        channel: Channel,
+        *,
+        dropouts: Mapping[int, str] | None = None,
+    ) -> SumResult:
+        dropouts = dict(dropouts or {})
+        unknown = set(dropouts.values()) - set(self.stages)
+        if unknown:
+            raise InvalidParameterError(
+                f"PlaintextSum has stages {self.stages}; got dropout stages {sorted(unknown)}"
+            )
+        shapes = check_contributions(contributions)
+        sums = {k: np.zeros(s, dtype=np.float64) for k, s in shapes.items()}
+        survivors = []
+        for dev in sorted(contributions):
+            if dev in dropouts:
+                continue
+            msg = channel.send(
+                ContributionUpload(
+                    sender=dev, receiver=SERVER, round=round, contribution=dict(contributions[dev])
+                )
+            )
+            assert isinstance(msg, ContributionUpload)
+            for k, v in msg.contribution.items():
+                sums[k] += v
+            survivors.append(dev)
+        return SumResult(sums, tuple(survivors))

@@ -1,0 +1,402 @@
+"""The federated round loop: sample, download, train, sum, aggregate, evaluate.
+
+One :class:`FederatedLoop` owns a strategy, the device programs, a sum protocol,
+the channel (and its transcript) and an executor. It talks to devices only through
+the channel; the devices' private state lives in a :class:`DeviceStore` that the
+server side never reads.
+
+All randomness of round ``t`` (who is sampled, who drops out and when, each
+device's training seed) derives from ``SeedSequence([seed, t, ...])``, so a run
+resumed from a checkpoint replays exactly the rounds an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from protocols.errors import InvalidParameterError, ProtocolAbort
+from secrelay.data.dataset import CTRDataset
+from secrelay.federated.aggregation import PlaintextSum, SumProtocol
+from secrelay.federated.client import (
+    ClientProgram,
+    DeviceData,
+    DeviceOutput,
+    DeviceTask,
+    ModelSpec,
+    load_flat_parameters,
+)
+from secrelay.federated.executor import Executor, SequentialExecutor
+from secrelay.federated.messages import SERVER, ModelDownload
+from secrelay.federated.strategies import Strategy
+from secrelay.federated.transcript import Channel
+from secrelay.metrics import Metrics, evaluate_predictions
+from secrelay.training import predict
+
+__all__ = [
+    "DeviceStore",
+    "FederatedLoop",
+    "RoundAborted",
+    "RoundConfig",
+    "RoundRecord",
+    "evaluate_keyed",
+]
+
+PRE_PROTOCOL_STAGES = ("download", "train")
+
+
+class RoundAborted(ProtocolAbort):
+    """Too few devices survived a round; the server state is unchanged."""
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """Sampling and dropout settings of the round loop.
+
+    Parameters
+    ----------
+    clients_per_round:
+        N devices sampled uniformly without replacement per round (``sampling =
+        "fixed"``); ignored for Poisson sampling.
+    sampling:
+        ``"fixed"`` (N per round) or ``"poisson"`` (each device independently with
+        probability ``sample_rate``; the sampling DP accounting assumes).
+    sample_rate:
+        Poisson sampling probability in (0, 1].
+    dropout_rate:
+        Probability in [0, 1) that a sampled device fails, at a stage chosen
+        uniformly among the download, training and sum-protocol stages.
+    min_survivors:
+        A round whose surviving devices are fewer aborts with :class:`RoundAborted`.
+    on_abort:
+        ``"raise"`` stops the run; ``"skip"`` records the aborted round and goes on.
+    eval_every:
+        Evaluate every this many rounds (the last round is always evaluated).
+    """
+
+    clients_per_round: int = 25
+    sampling: Literal["fixed", "poisson"] = "fixed"
+    sample_rate: float = 0.1
+    dropout_rate: float = 0.0
+    min_survivors: int = 1
+    on_abort: Literal["raise", "skip"] = "raise"
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.clients_per_round < 1:
+            raise InvalidParameterError(
+                f"`clients_per_round` must be >= 1; got {self.clients_per_round}"
+            )
+        if self.sampling not in ("fixed", "poisson"):
+            raise InvalidParameterError(
+                f"`sampling` must be 'fixed' or 'poisson'; got {self.sampling!r}"
+            )
+        if not 0 < self.sample_rate <= 1:
+            raise InvalidParameterError(f"`sample_rate` must be in (0, 1]; got {self.sample_rate}")
+        if not 0 <= self.dropout_rate < 1:
+            raise InvalidParameterError(
+                f"`dropout_rate` must be in [0, 1); got {self.dropout_rate}"
+            )
+        if self.min_survivors < 1:
+            raise InvalidParameterError(f"`min_survivors` must be >= 1; got {self.min_survivors}")
+        if self.on_abort not in ("raise", "skip"):
+            raise InvalidParameterError(f"`on_abort` must be 'raise' or 'skip'; got {self.on_abort!r}")
+        if self.eval_every < 1:
+            raise InvalidParameterError(f"`eval_every` must be >= 1; got {self.eval_every}")
+
+
+@dataclass
+class DeviceStore:
+    """Device-private state (e.g. a chosen cluster key), one dict per device.
+
+    In a simulation it lives next to the server, but only device programs read it;
+    it is checkpointed so a resumed run restores what each device remembered.
+    """
+
+    state: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def get(self, device_id: int) -> dict[str, Any]:
+        return dict(self.state.get(device_id, {}))
+
+    def update(self, device_id: int, values: Mapping[str, Any]) -> None:
+        self.state.setdefault(device_id, {}).update(values)
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What happened in one round (written to ``metrics.jsonl``)."""
+
+    round: int
+    sampled: tuple[int, ...]
+    survivors: tuple[int, ...]
+    dropped: dict[int, str]
+    aborted: bool
+    server: dict[str, float]
+    train_loss: float
+    metrics: Metrics | None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "round": self.round,
+            "sampled": len(self.sampled),
+            "survivors": len(self.survivors),
+            "dropped": len(self.dropped),
+            "aborted": self.aborted,
+            "train_loss": self.train_loss,
+            **{f"server/{k}": v for k, v in self.server.items()},
+        }
+        if self.metrics is not None:
+            out.update(self.metrics.as_dict())
+        return out
+
+
+def evaluate_keyed(
+    model_spec: ModelSpec,
+    models: Mapping[str, np.ndarray],
+    test_sets: Mapping[int, CTRDataset],
+    device_keys: Mapping[int, str],
+) -> Metrics:
+    """Evaluate each device's test rows with the model of its key; pool the metrics.
+
+    gAUC is grouped by device. This is the experimenter's measurement of the
+    simulation, not a protocol flow: nothing here is sent anywhere.
+    """
+    ys, ps, gs = [], [], []
+    by_key: dict[str, list[int]] = {}
+    for dev in test_sets:
+        by_key.setdefault(device_keys[dev], []).append(dev)
+    model = model_spec.build()
+    for key, devs in by_key.items():
+        load_flat_parameters(model, models[key])
+        test = CTRDataset.concat([test_sets[d] for d in devs])
+        ps.append(predict(model, test))
+        ys.append(test.y)
+        gs.append(test.user)
+    if not ys:
+        raise InvalidParameterError("evaluate_keyed() got no test sets")
+    return evaluate_predictions(np.concatenate(ys), np.concatenate(ps), np.concatenate(gs))
+
+
+class FederatedLoop:
+    """Runs federated rounds of one strategy over a population of devices.
+
+    Parameters
+    ----------
+    strategy:
+        Server-side strategy (already initialised with its models).
+    program:
+        Device program (usually ``strategy.client_program(...)``).
+    devices:
+        Every device's data, by device id.
+    model_spec:
+        Builds the device model (evaluation).
+    config:
+        Sampling, dropout and evaluation settings.
+    seed:
+        Root seed of every random choice.
+    sum_protocol:
+        How contributions become sums (default: :class:`PlaintextSum`).
+    channel:
+        Records every message (default: a new :class:`Channel`).
+    executor:
+        Runs device programs (default: sequential).
+    device_key:
+        Device → model key used for evaluation (default: the device's private
+        ``model_key`` or the strategy's first key).
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        program: ClientProgram,
+        devices: Mapping[int, DeviceData],
+        model_spec: ModelSpec,
+        *,
+        config: RoundConfig | None = None,
+        seed: int = 0,
+        sum_protocol: SumProtocol | None = None,
+        channel: Channel | None = None,
+        executor: Executor | None = None,
+        device_store: DeviceStore | None = None,
+        device_key: Callable[[int], str] | None = None,
+    ) -> None:
+        if not devices:
+            raise InvalidParameterError("FederatedLoop needs at least one device")
+        self.strategy = strategy
+        self.program = program
+        self.devices = dict(devices)
+        self.device_ids = np.array(sorted(self.devices), dtype=np.int64)
+        self.model_spec = model_spec
+        self.config = config or RoundConfig()
+        self.seed = int(seed)
+        self.sum_protocol = sum_protocol or PlaintextSum()
+        self.channel = channel or Channel()
+        self.executor = executor or SequentialExecutor()
+        self.store = device_store or DeviceStore()
+        self._device_key = device_key
+        self._started = False
+        # Personalised strategies keep each device's latest predictions here.
+        self.personal_predictions: dict[int, np.ndarray] = {}
+
+    # --- randomness -----------------------------------------------------------
+    def _rng(self, round: int, purpose: int) -> np.random.Generator:
+        return np.random.default_rng(np.random.SeedSequence([self.seed, round, purpose]))
+
+    def sample(self, round: int) -> list[int]:
+        """The devices sampled in ``round`` (sorted)."""
+        rng = self._rng(round, 0)
+        if self.config.sampling == "poisson":
+            mask = rng.random(self.device_ids.size) < self.config.sample_rate
+            return [int(d) for d in self.device_ids[mask]]
+        n = min(self.config.clients_per_round, self.device_ids.size)
+        return sorted(int(d) for d in rng.choice(self.device_ids, size=n, replace=False))
+
+    def dropout_plan(self, round: int, sampled: Sequence[int]) -> dict[int, str]:
+        """Which sampled devices fail this round, and at which stage."""
+        if self.config.dropout_rate == 0:
+            return {}
+        rng = self._rng(round, 1)
+        stages = PRE_PROTOCOL_STAGES + tuple(self.sum_protocol.stages)
+        plan = {}
+        for dev in sampled:
+            if rng.random() < self.config.dropout_rate:
+                plan[dev] = stages[int(rng.integers(len(stages)))]
+        return plan
+
+    def device_seed(self, round: int, device_id: int) -> int:
+        return int(np.random.SeedSequence([self.seed, round, 2, device_id]).generate_state(1)[0])
+
+    # --- the round --------------------------------------------------------------
+    def start(self) -> None:
+        if not self._started:
+            self.executor.start(self.devices)
+            self._started = True
+
+    def close(self) -> None:
+        self.executor.close()
+        self._started = False
+
+    def run_round(self, round: int, *, evaluate: bool | None = None) -> RoundRecord:
+        """Run round ``round``.
+
+        Raises
+        ------
+        RoundAborted
+            If fewer than ``min_survivors`` devices survive and ``on_abort="raise"``;
+            the strategy's models are then unchanged.
+        """
+        self.start()
+        sampled = self.sample(round)
+        plan = self.dropout_plan(round, sampled)
+        models = self.strategy.download(round)
+        tasks = []
+        for dev in sampled:
+            if plan.get(dev) == "download":
+                continue
+            msg = self.channel.send(
+                ModelDownload(sender=SERVER, receiver=dev, round=round, models=models)
+            )
+            assert isinstance(msg, ModelDownload)
+            if plan.get(dev) == "train":
+                continue
+            tasks.append(
+                DeviceTask(
+                    device_id=dev,
+                    round=round,
+                    models=msg.models,
+                    seed=self.device_seed(round, dev),
+                    private=self.store.get(dev),
+                )
+            )
+        outputs: list[DeviceOutput] = self.executor.map(self.program, tasks) if tasks else []
+        trained = {t.device_id: o for t, o in zip(tasks, outputs)}
+        for dev, out in trained.items():
+            self.store.update(dev, {k: v for k, v in out.private.items() if k != "predictions"})
+            if "predictions" in out.private:
+                self.personal_predictions[dev] = np.asarray(out.private["predictions"])
+        losses = [o.stats["loss"] for o in trained.values() if np.isfinite(o.stats.get("loss", np.nan))]
+        protocol_drops = {d: s for d, s in plan.items() if s in self.sum_protocol.stages}
+        aborted = False
+        server_stats: dict[str, float] = {}
+        survivors: tuple[int, ...] = ()
+        try:
+            if len(trained) - len(protocol_drops) < self.config.min_survivors:
+                raise RoundAborted(
+                    "collect",
+                    f"round {round}: {len(trained) - len(protocol_drops)} devices survived, "
+                    f"fewer than min_survivors={self.config.min_survivors} "
+                    f"({len(sampled)} sampled, {len(plan)} dropped)",
+                )
+            contributions = {d: o.contribution for d, o in trained.items()}
+            result = self.sum_protocol.aggregate(
+                round, contributions, self.channel, dropouts=protocol_drops
+            )
+            survivors = result.survivors
+            if len(survivors) < self.config.min_survivors:
+                raise RoundAborted(
+                    "aggregate",
+                    f"round {round}: {len(survivors)} devices survived, fewer than "
+                    f"min_survivors={self.config.min_survivors}",
+                )
+            server_stats = self.strategy.aggregate(round, result)
+        except ProtocolAbort:
+            if self.config.on_abort == "raise":
+                raise
+            aborted = True
+        do_eval = evaluate if evaluate is not None else (round % self.config.eval_every == 0)
+        metrics = self.evaluate() if do_eval else None
+        return RoundRecord(
+            round=round,
+            sampled=tuple(sampled),
+            survivors=survivors,
+            dropped=plan,
+            aborted=aborted,
+            server=server_stats,
+            train_loss=float(np.mean(losses)) if losses else float("nan"),
+            metrics=metrics,
+        )
+
+    # --- evaluation -------------------------------------------------------------
+    def device_key(self, device_id: int) -> str:
+        if self._device_key is not None:
+            return self._device_key(device_id)
+        key = self.store.state.get(device_id, {}).get("model_key")
+        return str(key) if key in self.strategy.models else self.strategy.keys[0]
+
+    def evaluate(self) -> Metrics:
+        """Pooled AUC/logloss and gAUC over every device's test split."""
+        if self.strategy.personalized:
+            return self._evaluate_personal()
+        tests = {d: dd.test for d, dd in self.devices.items() if len(dd.test)}
+        keys = {d: self.device_key(d) for d in tests}
+        return evaluate_keyed(self.model_spec, self.strategy.models, tests, keys)
+
+    def _evaluate_personal(self) -> Metrics:
+        ys, ps, gs = [], [], []
+        for dev, dd in self.devices.items():
+            if not len(dd.test) or dev not in self.personal_predictions:
+                continue
+            ys.append(dd.test.y)
+            ps.append(self.personal_predictions[dev])
+            gs.append(dd.test.user)
+        if not ys:
+            raise InvalidParameterError("no device has trained a personal model yet")
+        return evaluate_predictions(np.concatenate(ys), np.concatenate(ps), np.concatenate(gs))
+
+    # --- persistence ------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy.state_dict(),
+            "device_store": {d: dict(s) for d, s in self.store.state.items()},
+            "personal_predictions": dict(self.personal_predictions),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.strategy.load_state_dict(state["strategy"])
+        self.store = DeviceStore({int(d): dict(s) for d, s in state["device_store"].items()})
+        self.personal_predictions = {
+            int(d): np.asarray(p) for d, p in state.get("personal_predictions", {}).items()
+        }

@@ -1,0 +1,198 @@
+"""Plain (non-federated) training and prediction loops shared by every layer.
+
+Centralized baselines, cloud pre-training and each device's local training all use
+:func:`train_epochs`, so that a change of optimizer or loss applies everywhere.
+Batches are drawn with an explicit :class:`torch.Generator`; nothing reads the
+global RNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from protocols.errors import InvalidParameterError
+from secrelay.data.dataset import CTRDataset
+from secrelay.metrics import Metrics, evaluate_predictions
+
+__all__ = [
+    "OptimizerName",
+    "TrainConfig",
+    "evaluate_model",
+    "iterate_batches",
+    "make_optimizer",
+    "predict",
+    "soft_bce_with_logits",
+    "train_epochs",
+]
+
+OptimizerName = Literal["sgd", "adam", "adagrad"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of a training loop.
+
+    Parameters
+    ----------
+    epochs:
+        Passes over the data (>= 0; 0 trains nothing).
+    batch_size:
+        Rows per mini-batch (>= 1).
+    lr:
+        Learning rate (> 0).
+    optimizer:
+        ``"sgd"``, ``"adam"`` or ``"adagrad"``.
+    weight_decay:
+        L2 penalty added by the optimizer (>= 0).
+    prox_mu:
+        FedProx proximal weight μ (>= 0): adds μ/2·‖w − w_ref‖² towards the
+        reference weights passed to :func:`train_epochs`.
+    """
+
+    epochs: int = 1
+    batch_size: int = 256
+    lr: float = 1e-3
+    optimizer: OptimizerName = "adam"
+    weight_decay: float = 0.0
+    prox_mu: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise InvalidParameterError(f"`epochs` must be an int >= 0; got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise InvalidParameterError(
+                f"`batch_size` must be an int >= 1; got {self.batch_size!r}"
+            )
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and np.isfinite(self.lr)):
+            raise InvalidParameterError(f"`lr` must be a finite number > 0; got {self.lr!r}")
+        if self.optimizer not in ("sgd", "adam", "adagrad"):
+            raise InvalidParameterError(
+                f"`optimizer` must be one of 'sgd', 'adam', 'adagrad'; got {self.optimizer!r}"
+            )
+        if self.weight_decay < 0:
+            raise InvalidParameterError(f"`weight_decay` must be >= 0; got {self.weight_decay!r}")
+        if self.prox_mu < 0:
+            raise InvalidParameterError(f"`prox_mu` must be >= 0; got {self.prox_mu!r}")
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer ``config.optimizer`` over ``model``'s trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adagrad":
+        return torch.optim.Adagrad(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def soft_bce_with_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with soft targets, mean over the batch.
+
+    ``target`` may lie outside [0, 1] (LCFT's corrected labels can exceed 1): the
+    loss is the linear-in-target form ``softplus(z) − t·z``, which for t ∈ [0, 1]
+    equals the usual BCE and stays well defined (convex in ``z``) otherwise.
+    """
+    return (nn.functional.softplus(logits) - target * logits).mean()
+
+
+def iterate_batches(
+    n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None
+) -> Iterator[torch.Tensor]:
+    """Index batches over ``range(n)``; shuffled with ``generator`` when asked."""
+    if shuffle:
+        if generator is None:
+            raise InvalidParameterError("iterate_batches(shuffle=True) needs a `generator`")
+        order = torch.randperm(n, generator=generator)
+    else:
+        order = torch.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+def train_epochs(
+    model: nn.Module,
+    data: CTRDataset,
+    config: TrainConfig,
+    *,
+    generator: torch.Generator,
+    labels: np.ndarray | None = None,
+    reference: list[torch.Tensor] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    on_batch: Callable[[int, float], None] | None = None,
+) -> dict[str, float]:
+    """Train ``model`` on ``data`` for ``config.epochs`` epochs.
+
+    Parameters
+    ----------
+    labels:
+        Replacement (possibly soft) targets, one per row; defaults to ``data.y``.
+    reference:
+        Reference weights for the FedProx term (required when ``prox_mu > 0``),
+        in ``model.parameters()`` order.
+    optimizer:
+        Reuse an optimizer (e.g. across rounds); a fresh one is made otherwise.
+    on_batch:
+        Called with (step, loss) after every step (progress display).
+
+    Returns
+    -------
+    dict
+        ``steps`` taken, ``loss`` (mean training loss of the last epoch) and
+        ``samples`` seen.
+    """
+    if config.prox_mu > 0 and reference is None:
+        raise InvalidParameterError("`reference` weights are required when prox_mu > 0")
+    x_all = torch.from_numpy(np.asarray(data.x))
+    y_np = data.y if labels is None else np.asarray(labels, dtype=np.float32)
+    if y_np.shape != (len(data),):
+        raise InvalidParameterError(f"`labels` must have shape ({len(data)},); got {y_np.shape}")
+    y_all = torch.from_numpy(np.ascontiguousarray(y_np))
+    opt = optimizer if optimizer is not None else make_optimizer(model, config)
+    params = list(model.parameters())
+    model.train()
+    steps = 0
+    samples = 0
+    last_loss = float("nan")
+    for _ in range(config.epochs):
+        total, count = 0.0, 0
+        for idx in iterate_batches(len(data), config.batch_size, shuffle=True, generator=generator):
+            opt.zero_grad(set_to_none=True)
+            loss = soft_bce_with_logits(model(x_all[idx]), y_all[idx])
+            if config.prox_mu > 0 and reference is not None:
+                prox = sum(((p - r) ** 2).sum() for p, r in zip(params, reference))
+                loss = loss + 0.5 * config.prox_mu * prox
+            loss.backward()
+            opt.step()
+            steps += 1
+            samples += len(idx)
+            total += float(loss) * len(idx)
+            count += len(idx)
+            if on_batch is not None:
+                on_batch(steps, float(loss))
+        if count:
+            last_loss = total / count
+    return {"steps": float(steps), "loss": last_loss, "samples": float(samples)}
+
+
+def predict(model: nn.Module, data: CTRDataset, *, batch_size: int = 8192) -> np.ndarray:
+    """Click probabilities for every row of ``data`` (float64, evaluation mode)."""
+    model.eval()
+    x_all = torch.from_numpy(np.asarray(data.x))
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            out.append(torch.sigmoid(model(x_all[start : start + batch_size])))
+    if not out:
+        return np.zeros(0)
+    return torch.cat(out).double().numpy()
+
+
+def evaluate_model(model: nn.Module, data: CTRDataset) -> Metrics:
+    """AUC, logloss and gAUC (grouped by device identity ``data.user``)."""
+    return evaluate_predictions(data.y, predict(model, data), data.user)
