@@ -22,9 +22,8 @@ class FilterReport:
     reason: str = ""
 
     def __str__(self) -> str:
-        return (
-            f"{self.step}: removed {self.rows_removed} rows and {self.users_removed} users"
-            + (f" ({self.reason})" if self.reason else "")
+        return f"{self.step}: removed {self.rows_removed} rows and {self.users_removed} users" + (
+            f" ({self.reason})" if self.reason else ""
         )
 
 
@@ -82,8 +81,7 @@ class CTRDataset:
                 r, c = np.argwhere(bad)[0]
                 fname = self.schema.fields[self.schema.column_field_index()[c]].name
                 problems.append(
-                    f"`x` row {r} field {fname!r} holds index {x[r, c]} outside "
-                    f"[0, {vocab[c]})"
+                    f"`x` row {r} field {fname!r} holds index {x[r, c]} outside [0, {vocab[c]})"
                 )
         if problems:
             raise InvalidParameterError("invalid CTRDataset: " + "; ".join(problems))

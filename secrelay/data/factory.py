@@ -1,0 +1,103 @@
+"""``load_dataset(name, path, **kw)``: one entry point for every data source.
+
+The CLI's ``--data NAME --path DIR`` and run configs resolve data through this
+registry. Third-party loaders plug in with :func:`register_dataset`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from protocols.errors import InvalidParameterError
+from secrelay.data._io import PathLike
+from secrelay.data.dataset import CTRDataset
+from secrelay.data.libfm import load_libfm
+from secrelay.data.movielens import load_movielens100k
+from secrelay.data.synthetic import make_synthetic
+from secrelay.data.tabular import load_csv, load_parquet
+
+__all__ = ["DATASET_LOADERS", "DatasetLoader", "load_dataset", "register_dataset"]
+
+#: A loader: ``loader(path, **kw) -> CTRDataset`` (``path`` may be ``None``).
+DatasetLoader = Callable[..., CTRDataset]
+
+
+def _synthetic(path: PathLike | None, **kw: Any) -> CTRDataset:
+    if path is not None:
+        raise InvalidParameterError(
+            f"the 'synthetic' data set is generated, not read: `path` must be None; got {path!r}"
+        )
+    return make_synthetic(**kw)
+
+
+def _movielens100k(path: PathLike | None, **kw: Any) -> CTRDataset:
+    return load_movielens100k(path, **kw)
+
+
+def _needs_path(name: str, fn: Callable[..., CTRDataset]) -> DatasetLoader:
+    def loader(path: PathLike | None, **kw: Any) -> CTRDataset:
+        if path is None:
+            raise InvalidParameterError(f"data set {name!r} is read from a file: pass `path`")
+        return fn(path, **kw)
+
+    loader.__name__ = f"load_{name}"
+    loader.__doc__ = fn.__doc__
+    return loader
+
+
+DATASET_LOADERS: dict[str, DatasetLoader] = {
+    "synthetic": _synthetic,
+    "movielens100k": _movielens100k,
+    "libfm": _needs_path("libfm", load_libfm),
+    "csv": _needs_path("csv", load_csv),
+    "parquet": _needs_path("parquet", load_parquet),
+}
+
+
+def register_dataset(name: str, loader: DatasetLoader, *, force: bool = False) -> None:
+    """Make ``load_dataset(name, ...)`` call ``loader(path, **kw)``.
+
+    Refuses to replace an existing name unless ``force=True``.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidParameterError(f"dataset `name` must be a non-empty string; got {name!r}")
+    if name in DATASET_LOADERS and not force:
+        raise InvalidParameterError(
+            f"data set {name!r} is already registered; pass force=True to replace it"
+        )
+    DATASET_LOADERS[name] = loader
+
+
+def load_dataset(name: str, path: PathLike | None = None, **kw: Any) -> CTRDataset:
+    """Load a data set by name.
+
+    Parameters
+    ----------
+    name:
+        ``"synthetic"`` (keywords of :func:`make_synthetic`; no path),
+        ``"movielens100k"`` (``path`` = directory, or ``$SECRELAY_ML100K``),
+        ``"libfm"`` (``field_map=`` a :class:`FieldMap`), ``"csv"`` / ``"parquet"``
+        (``spec=`` a :class:`TabularSpec`), or a name added by
+        :func:`register_dataset`.
+    path:
+        File or directory to read.
+    **kw:
+        Passed to the loader.
+
+    Examples
+    --------
+    >>> load_dataset("synthetic", n_users=5, samples_per_user=4).n_users
+    5
+    >>> load_dataset("imagenet")
+    Traceback (most recent call last):
+    ...
+    protocols.errors.InvalidParameterError: unknown data set 'imagenet'; valid names: csv, libfm, movielens100k, parquet, synthetic
+    """
+    try:
+        loader = DATASET_LOADERS[name]
+    except (KeyError, TypeError):
+        raise InvalidParameterError(
+            f"unknown data set {name!r}; valid names: {', '.join(sorted(DATASET_LOADERS))}"
+        ) from None
+    return loader(path, **kw)
