@@ -42,6 +42,8 @@ class FieldEmbedding(nn.Module):
         Standard deviation of the normal initialisation.
     """
 
+    column_offsets: torch.Tensor
+
     def __init__(self, schema: Schema, dim: int, *, init_std: float = 1e-2) -> None:
         super().__init__()
         if dim < 1:
@@ -65,7 +67,7 @@ class FieldEmbedding(nn.Module):
         return self.schema.n_fields
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        emb = self.embedding(x + self.column_offsets)  # (B, n_columns, dim)
+        emb: torch.Tensor = self.embedding(x + self.column_offsets)  # (B, n_columns, dim)
         if self._single:
             return emb
         pooled = []
@@ -127,8 +129,14 @@ def register_model(
 ) -> Callable[[Callable[..., CTRModel]], Callable[..., CTRModel]]:
     """Class decorator adding a model to :data:`MODEL_REGISTRY` under ``name``.
 
-    Refuses to replace an existing entry unless ``force=True``.
+    Refuses to replace an existing entry unless ``force=True``. ``name`` must be
+    lower case, since :func:`make_model` looks names up in lower case.
     """
+    if not isinstance(name, str) or not name or name != name.lower():
+        raise InvalidParameterError(
+            f"model names must be non-empty lower-case strings "
+            f"(make_model looks them up in lower case); got {name!r}"
+        )
 
     def deco(cls: Callable[..., CTRModel]) -> Callable[..., CTRModel]:
         if name in MODEL_REGISTRY and not force:
@@ -141,11 +149,32 @@ def register_model(
     return deco
 
 
-def make_model(name: str, schema: Schema, **kwargs: Any) -> CTRModel:
-    """Build the registered model ``name`` (e.g. ``"deepfm"``) for ``schema``."""
-    key = name.lower()
+def make_model(name: str, schema: Schema, *, seed: int | None = None, **kwargs: Any) -> CTRModel:
+    """Build the registered model ``name`` (e.g. ``"deepfm"``) for ``schema``.
+
+    Parameters
+    ----------
+    name:
+        A key of :data:`MODEL_REGISTRY` (case-insensitive).
+    schema:
+        Field layout.
+    seed:
+        If given, the model is built inside :func:`torch.random.fork_rng` after
+        ``torch.manual_seed(seed)``: the same seed gives the same initial
+        parameters, and the global CPU RNG is left as it was. If ``None``, they
+        come from the global torch RNG (as ``torch.manual_seed`` sets it).
+    **kwargs:
+        Passed to the model's constructor (``embedding_dim``, ``hidden_units``, ...).
+    """
+    key = name.lower() if isinstance(name, str) else name
     if key not in MODEL_REGISTRY:
         raise InvalidParameterError(
             f"unknown model {name!r}; choose one of {sorted(MODEL_REGISTRY)}"
         )
-    return MODEL_REGISTRY[key](schema, **kwargs)
+    if seed is None:
+        return MODEL_REGISTRY[key](schema, **kwargs)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise InvalidParameterError(f"`seed` must be a non-negative int or None; got {seed!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return MODEL_REGISTRY[key](schema, **kwargs)
