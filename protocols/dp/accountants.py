@@ -1,0 +1,392 @@
+"""Privacy accountants: compose :mod:`~protocols.dp.events` into an (ε, δ) guarantee.
+
+Two accountants share one interface (:class:`PrivacyAccountant`), in the style of
+``dp_accounting``: :meth:`~PrivacyAccountant.compose` first does a dry run over the
+whole event tree and raises :class:`~protocols.errors.UnsupportedEventError` naming
+the offending sub-event *before* any state changes; :meth:`~PrivacyAccountant.get_epsilon`
+takes a keyword-only ``delta``.
+
+* :class:`PRVAccountant` (``"prv"``, the default) — numerical composition of privacy
+  loss random variables (Gopi, Lee & Wutschitz, NeurIPS 2021) through Opacus'
+  ``opacus.accountants.analysis.prv``; reports the *upper* end of its error band,
+  so the value is a guarantee, not an estimate. Tight for (sub-sampled) Gaussians.
+* :class:`RDPAccountant` (``"rdp"``) — Rényi DP (Mironov 2017; sub-sampled Gaussian
+  of Mironov, Talwar & Zhang 2019) through ``opacus.accountants.analysis.rdp``,
+  converted with Balle et al. 2020, Thm. 21 (the same conversion as ``dp_accounting``).
+  Looser by 10–30 % on typical DP-SGD runs.
+
+What each kind of event costs (both accountants):
+
+* Gaussian, Poisson-sampled Gaussian — PRV (or RDP).
+* zCDP and distributed discrete Gaussian — RDP curve ρ·α. In the PRV accountant,
+  when these are mixed with Gaussians, δ is split between a PRV part and an RDP part
+  (basic composition of the two (ε, δ) guarantees) and the best of a few splits, or
+  of the pure-RDP bound, is reported; every candidate is a valid upper bound.
+* Pure-ε events (Laplace, randomized response, :class:`~protocols.dp.events.PureEpsilonEvent`)
+  — **basic composition**: their ε's are added to the (ε, δ) of the rest, which is
+  valid but can be loose for many small ε's. A Poisson-sampled Laplace or pure-ε
+  event costs log(1 + q(e^ε − 1)) (Balle, Barthe & Gaboardi 2018, add/remove relation).
+
+The GDP/CLT approximation is deliberately not offered: it is not an upper bound.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+from opacus.accountants import PRVAccountant as _OpacusPRV
+from opacus.accountants.analysis import rdp as _opacus_rdp
+
+from protocols.dp._validation import check_int, check_real
+from protocols.dp.events import (
+    ComposedEvent,
+    DistributedDiscreteGaussianEvent,
+    DpEvent,
+    GaussianEvent,
+    LaplaceEvent,
+    NoOpEvent,
+    PoissonSampledEvent,
+    PureEpsilonEvent,
+    RandomizedResponseEvent,
+    SelfComposedEvent,
+    ZCDPEvent,
+)
+from protocols.errors import InvalidParameterError, UnsupportedEventError
+
+__all__ = [
+    "DEFAULT_RDP_ORDERS",
+    "PRVAccountant",
+    "PrivacyAccountant",
+    "PrivacyAccountingWarning",
+    "RDPAccountant",
+    "available_accountants",
+    "make_accountant",
+    "register_accountant",
+]
+
+DEFAULT_RDP_ORDERS: tuple[float, ...] = (
+    tuple(1.0 + x / 10.0 for x in range(1, 100))
+    + tuple(float(a) for a in range(11, 64))
+    + (128.0, 256.0, 512.0, 1024.0)
+)
+"""Rényi orders searched by the RDP conversion (the same grid as ``dp_accounting``)."""
+
+
+class PrivacyAccountingWarning(UserWarning):
+    """A numerical fallback was used; the reported ε is still a valid upper bound."""
+
+
+@dataclass
+class _Leaves:
+    """An event tree flattened into what the accountants need."""
+
+    gaussian: dict[tuple[float, float], int] = field(default_factory=dict)  # (q, z) -> count
+    rho: float = 0.0  # total zCDP (RDP-only events)
+    pure_epsilon: float = 0.0  # basic composition of pure-ε events
+
+    def merged(self, other: _Leaves) -> _Leaves:
+        g = dict(self.gaussian)
+        for key, n in other.gaussian.items():
+            g[key] = g.get(key, 0) + n
+        return _Leaves(g, self.rho + other.rho, self.pure_epsilon + other.pure_epsilon)
+
+    @property
+    def empty(self) -> bool:
+        return not self.gaussian and self.rho == 0.0 and self.pure_epsilon == 0.0
+
+
+def _pure_epsilon_of(event: DpEvent) -> float | None:
+    if isinstance(event, (LaplaceEvent, RandomizedResponseEvent, PureEpsilonEvent)):
+        return float(event.epsilon)
+    return None
+
+
+def _unsupported(event: DpEvent, why: str) -> UnsupportedEventError:
+    return UnsupportedEventError(f"cannot account sub-event {event!r}: {why}")
+
+
+def _flatten(event: DpEvent, count: int, q: float, out: _Leaves) -> None:
+    """Accumulate ``event`` (repeated ``count`` times, Poisson-sampled at rate ``q``)."""
+    if count == 0 or isinstance(event, NoOpEvent):
+        return
+    if isinstance(event, SelfComposedEvent):
+        if q < 1.0:
+            raise _unsupported(event, "a Poisson-sampled composition has no supported analysis")
+        _flatten(event.event, count * event.count, q, out)
+    elif isinstance(event, ComposedEvent):
+        if q < 1.0:
+            raise _unsupported(event, "a Poisson-sampled composition has no supported analysis")
+        for e in event.events:
+            _flatten(e, count, q, out)
+    elif isinstance(event, PoissonSampledEvent):
+        # Poisson sampling twice is Poisson sampling with the product rate.
+        _flatten(event.event, count, q * event.sample_rate, out)
+    elif isinstance(event, GaussianEvent):
+        key = (q, event.noise_multiplier)
+        out.gaussian[key] = out.gaussian.get(key, 0) + count
+    elif isinstance(event, RandomizedResponseEvent) and q < 1.0:
+        raise _unsupported(
+            event,
+            "randomized response is analysed under replace-one, for which Poisson "
+            "amplification is not implemented",
+        )
+    elif (eps := _pure_epsilon_of(event)) is not None:
+        eps_q = eps if q == 1.0 else math.log1p(q * math.expm1(eps))
+        out.pure_epsilon += count * eps_q
+    elif isinstance(event, (ZCDPEvent, DistributedDiscreteGaussianEvent)):
+        if q < 1.0:
+            raise _unsupported(event, "Poisson amplification of zCDP is not implemented")
+        out.rho += count * event.rho
+    else:
+        raise _unsupported(event, f"unknown event type {type(event).__name__}")
+
+
+def _flatten_event(event: DpEvent, count: int) -> _Leaves:
+    if not isinstance(event, DpEvent):
+        raise UnsupportedEventError(
+            f"`event` must be a DpEvent; got {event!r} of type {type(event).__name__}"
+        )
+    out = _Leaves()
+    _flatten(event, count, 1.0, out)
+    return out
+
+
+def _check_delta(delta: object) -> float:
+    return check_real("delta", delta, low=0.0, high=1.0, low_open=True, high_open=True)
+
+
+def _rdp_curve(leaves: _Leaves, orders: NDArray[np.float64]) -> NDArray[np.float64]:
+    rdp = np.zeros_like(orders)
+    for (q, z), n in leaves.gaussian.items():
+        rdp += np.asarray(
+            _opacus_rdp.compute_rdp(q=q, noise_multiplier=z, steps=n, orders=list(orders)),
+            dtype=np.float64,
+        )
+    return rdp + leaves.rho * orders
+
+
+def _rdp_to_epsilon(orders: NDArray[np.float64], rdp: NDArray[np.float64], delta: float) -> float:
+    """Balle et al. 2020, Thm. 21, via Opacus; plus the KL shortcut of ``dp_accounting``."""
+    if not np.any(rdp > 0):
+        return 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "optimal order is the largest alpha" advice
+        eps, _ = _opacus_rdp.get_privacy_spent(orders=list(orders), rdp=list(rdp), delta=delta)
+    # delta <= sqrt(1 - exp(-KL)) <= ... : if some order already gives this, ε = 0 works.
+    if np.any(delta**2 + np.expm1(-rdp) > 0):
+        return 0.0
+    return max(0.0, float(eps))
+
+
+class PrivacyAccountant(abc.ABC):
+    """Accumulates events and reports the ε they spend at a given δ.
+
+    Subclasses implement :meth:`_approximate_epsilon`; flattening, the dry run and
+    pure-ε basic composition live here.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self._events: list[DpEvent] = []
+        self._leaves = _Leaves()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(events={len(self._events)})"
+
+    @property
+    def events(self) -> tuple[DpEvent, ...]:
+        """The events composed so far, in order."""
+        return tuple(self._events)
+
+    @property
+    def ledger_event(self) -> ComposedEvent:
+        """Everything composed so far, as one event."""
+        return ComposedEvent(self._events)
+
+    def supports(self, event: DpEvent) -> bool:
+        """Whether :meth:`compose` would accept ``event`` (no state change)."""
+        try:
+            _flatten_event(event, 1)
+        except UnsupportedEventError:
+            return False
+        return True
+
+    def compose(self, event: DpEvent, *, count: int = 1) -> PrivacyAccountant:
+        """Add ``event`` repeated ``count`` times.
+
+        The whole tree is checked first; on an unsupported sub-event this raises
+        :class:`~protocols.errors.UnsupportedEventError` naming it, and the
+        accountant is unchanged.
+
+        Returns
+        -------
+        The accountant itself, for chaining.
+        """
+        n = check_int("count", count, low=0)
+        leaves = _flatten_event(event, n)  # dry run: raises before any state change
+        self._leaves = self._leaves.merged(leaves)
+        self._events.append(event if n == 1 else SelfComposedEvent(event=event, count=n))
+        return self
+
+    def get_epsilon(self, *, delta: float) -> float:
+        """The ε of everything composed so far at ``delta`` in (0, 1) (an upper bound)."""
+        d = _check_delta(delta)
+        leaves = self._leaves
+        if leaves.empty:
+            return 0.0
+        approx = 0.0
+        if leaves.gaussian or leaves.rho > 0.0:
+            approx = self._approximate_epsilon(leaves, d)
+        return approx + leaves.pure_epsilon
+
+    @abc.abstractmethod
+    def _approximate_epsilon(self, leaves: _Leaves, delta: float) -> float:
+        """ε at ``delta`` of the Gaussian and zCDP leaves (pure-ε ones excluded)."""
+
+
+class RDPAccountant(PrivacyAccountant):
+    """Rényi-DP accountant on :data:`DEFAULT_RDP_ORDERS` (or the given orders).
+
+    Examples
+    --------
+    >>> acc = RDPAccountant().compose(
+    ...     PoissonSampledEvent(sample_rate=0.01, event=GaussianEvent(noise_multiplier=1.0)),
+    ...     count=1000)
+    >>> round(acc.get_epsilon(delta=1e-5), 2)
+    2.1
+    """
+
+    name: ClassVar[str] = "rdp"
+
+    def __init__(self, *, orders: tuple[float, ...] = DEFAULT_RDP_ORDERS) -> None:
+        super().__init__()
+        arr = np.asarray(orders, dtype=np.float64)
+        if arr.ndim != 1 or arr.size == 0 or not np.all(arr > 1.0):
+            raise InvalidParameterError(
+                f"`orders` must be a non-empty sequence of reals > 1; got {orders!r}"
+            )
+        self._orders = arr
+
+    def _approximate_epsilon(self, leaves: _Leaves, delta: float) -> float:
+        return _rdp_to_epsilon(self._orders, _rdp_curve(leaves, self._orders), delta)
+
+
+class PRVAccountant(PrivacyAccountant):
+    """PRV accountant (Gopi et al. 2021) on Opacus' implementation.
+
+    Parameters
+    ----------
+    eps_error:
+        Width of the numerical error band on ε. ``None`` (default) is adaptive:
+        0.01, refined to 0.5 % of ε (at least 1e-4) when ε < 2, so the reported
+        upper bound is within ~1 % of the true value also for small ε.
+
+    Examples
+    --------
+    >>> acc = PRVAccountant().compose(
+    ...     PoissonSampledEvent(sample_rate=0.01, event=GaussianEvent(noise_multiplier=1.0)),
+    ...     count=1000)
+    >>> round(acc.get_epsilon(delta=1e-5), 1)
+    1.8
+    """
+
+    name: ClassVar[str] = "prv"
+    _DELTA_SPLITS: ClassVar[tuple[float, ...]] = (0.1, 0.5, 0.9)
+
+    def __init__(self, *, eps_error: float | None = None) -> None:
+        super().__init__()
+        self._eps_error = (
+            None
+            if eps_error is None
+            else check_real("eps_error", eps_error, low=0.0, high=1.0, low_open=True)
+        )
+        self._rdp_fallback = RDPAccountant()
+
+    def _prv_epsilon(self, gaussian: dict[tuple[float, float], int], delta: float) -> float:
+        history = [(z, q, n) for (q, z), n in sorted(gaussian.items())]
+
+        def run(eps_error: float) -> float:
+            acc = _OpacusPRV()
+            acc.history = list(history)
+            return float(acc.get_epsilon(delta, eps_error=eps_error))
+
+        try:
+            if self._eps_error is not None:
+                return run(self._eps_error)
+            eps = run(0.01)
+            if eps < 2.0:
+                eps = min(eps, run(max(1e-4, 0.005 * eps)))
+            return eps
+        except (RuntimeError, ValueError, FloatingPointError, OverflowError) as exc:
+            warnings.warn(
+                f"PRV composition failed numerically ({exc}); reporting the RDP bound instead",
+                PrivacyAccountingWarning,
+                stacklevel=4,
+            )
+            rdp_leaves = _Leaves(gaussian=dict(gaussian))
+            return self._rdp_fallback._approximate_epsilon(rdp_leaves, delta)
+
+    def _approximate_epsilon(self, leaves: _Leaves, delta: float) -> float:
+        if leaves.rho == 0.0:
+            return self._prv_epsilon(leaves.gaussian, delta)
+        rdp_all = self._rdp_fallback._approximate_epsilon(leaves, delta)
+        if not leaves.gaussian:
+            return rdp_all
+        rho_only = _Leaves(rho=leaves.rho)
+        candidates = [rdp_all]
+        for f in self._DELTA_SPLITS:
+            candidates.append(
+                self._prv_epsilon(leaves.gaussian, delta * f)
+                + self._rdp_fallback._approximate_epsilon(rho_only, delta * (1.0 - f))
+            )
+        return min(candidates)
+
+
+_REGISTRY: dict[str, type[PrivacyAccountant]] = {
+    PRVAccountant.name: PRVAccountant,
+    RDPAccountant.name: RDPAccountant,
+}
+
+
+def register_accountant(name: str, cls: type[PrivacyAccountant], *, force: bool = False) -> None:
+    """Register ``cls`` under ``name`` for :func:`make_accountant`.
+
+    Raises
+    ------
+    InvalidParameterError
+        If ``name`` is taken and ``force`` is false (no silent override), or if
+        ``cls`` is not a :class:`PrivacyAccountant` subclass.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidParameterError(f"`name` must be a non-empty string; got {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, PrivacyAccountant)):
+        raise InvalidParameterError(f"`cls` must be a PrivacyAccountant subclass; got {cls!r}")
+    if name in _REGISTRY and not force:
+        raise InvalidParameterError(
+            f"`name` {name!r} is already registered to {_REGISTRY[name].__name__}; "
+            f"pass force=True to replace it"
+        )
+    _REGISTRY[name] = cls
+
+
+def available_accountants() -> tuple[str, ...]:
+    """Registered accountant names, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def make_accountant(name: str = "prv") -> PrivacyAccountant:
+    """A fresh accountant registered under ``name`` (``"prv"`` or ``"rdp"`` built in)."""
+    try:
+        cls = _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise InvalidParameterError(
+            f"`accountant` must be one of {list(available_accountants())}; got {name!r}"
+        ) from None
+    return cls()
