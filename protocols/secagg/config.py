@@ -1,0 +1,340 @@
+"""Protocol stages and the validated :class:`SecAggConfig`.
+
+The parameter rules follow Bell et al. 2020 ("Secure Single-Server Aggregation
+with (Poly)Logarithmic Overhead", SecAgg+) with plain SecAgg (Bonawitz et al.
+2017) as the special case ``neighbours == n_clients - 1``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Final
+
+from protocols.errors import InvalidParameterError
+from protocols.secagg.encoding import FixedPointEncoder
+
+__all__ = [
+    "MAX_CLIENTS",
+    "MAX_VECTOR_LENGTH",
+    "PROTOCOL_STAGES",
+    "SecAggConfig",
+    "Stage",
+    "default_neighbours",
+    "default_threshold",
+    "dropout_failure_probability",
+]
+
+#: Largest supported number of clients (client ids are ``0 .. n_clients - 1``).
+MAX_CLIENTS: Final = 1 << 20
+#: Largest supported vector length (the wire format stores it in 32 bits).
+MAX_VECTOR_LENGTH: Final = (1 << 32) - 1
+
+
+class Stage(str, Enum):
+    """The stages of one secure-aggregation round, in order.
+
+    ``ADVERTISE_KEYS`` → ``SHARE_KEYS`` → ``MASKED_INPUT`` → ``UNMASKING`` are the
+    four protocol stages (Bonawitz et al. 2017, rounds 0–3). ``DONE`` and
+    ``ABORTED`` are terminal states of the state machines.
+    """
+
+    ADVERTISE_KEYS = "advertise_keys"
+    SHARE_KEYS = "share_keys"
+    MASKED_INPUT = "masked_input"
+    UNMASKING = "unmasking"
+    DONE = "done"
+    ABORTED = "aborted"
+
+    @property
+    def code(self) -> int:
+        """One-byte code of the stage, bound into AEAD associated data."""
+        return _STAGE_CODES[self]
+
+
+_STAGE_CODES: Final[dict[Stage, int]] = {stage: i for i, stage in enumerate(Stage)}
+
+#: The four stages at which a client can drop out, in protocol order.
+PROTOCOL_STAGES: Final = (
+    Stage.ADVERTISE_KEYS,
+    Stage.SHARE_KEYS,
+    Stage.MASKED_INPUT,
+    Stage.UNMASKING,
+)
+
+
+def default_threshold(neighbours: int) -> int:
+    """Smallest secure reconstruction threshold for ``neighbours`` neighbours.
+
+    Each client's secrets are shared among its ``neighbours`` neighbours plus
+    itself (``neighbours + 1`` share holders). The threshold must be a strict
+    majority of the holders, otherwise two disjoint sets of holders could
+    reconstruct the self-mask seed and the masking key of the same client.
+
+    Parameters
+    ----------
+    neighbours:
+        Number of neighbours ``k`` of every client, ``k >= 1``.
+
+    Returns
+    -------
+    int
+        ``floor((k + 1) / 2) + 1``.
+
+    Examples
+    --------
+    >>> default_threshold(9)
+    6
+    >>> default_threshold(2)
+    2
+    """
+    if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1:
+        raise InvalidParameterError(f"`neighbours` must be an integer >= 1; got {neighbours!r}")
+    return (neighbours + 1) // 2 + 1
+
+
+def dropout_failure_probability(neighbours: int, threshold: int, dropout_rate: float) -> float:
+    """Probability that fewer than ``threshold`` of a client's neighbours survive.
+
+    Dropouts are modelled as independent with probability ``dropout_rate``. The
+    client itself is not counted (the worst case: a dropped client's masking key
+    must be rebuilt from its neighbours' shares alone).
+
+    Parameters
+    ----------
+    neighbours:
+        Number of neighbours ``k``.
+    threshold:
+        Reconstruction threshold ``t``.
+    dropout_rate:
+        Per-client dropout probability, in ``[0, 1]``.
+
+    Returns
+    -------
+    float
+        ``P[Binomial(k, 1 - dropout_rate) < t]``.
+    """
+    q = 1.0 - dropout_rate
+    return math.fsum(
+        math.comb(neighbours, j) * q**j * dropout_rate ** (neighbours - j)
+        for j in range(min(threshold, neighbours + 1))
+    )
+
+
+def default_neighbours(
+    n_clients: int, *, max_dropout_rate: float = 0.1, failure_log2: int = -20
+) -> int:
+    """Default number of neighbours ``k`` of the SecAgg+ graph for ``n_clients``.
+
+    The rule: the smallest even ``k`` such that, with the default (majority)
+    threshold and independent dropouts of probability ``max_dropout_rate``,
+
+    * the union bound over all clients of "fewer than ``t`` of a client's
+      neighbours survive" (the round would abort) is at most
+      ``2**failure_log2``, and
+    * the probability that the surviving graph splits into two arcs (which
+      would reveal two partial sums; it needs two runs of ``k/2`` consecutive
+      dropped clients on the Harary ring) is at most ``n**2 * rate**k <= 2**-40``;
+
+    capped at ``n_clients - 1`` (the complete graph, i.e. plain SecAgg). Both
+    bounds grow like ``log n``, so ``k = O(log n)``.
+
+    Parameters
+    ----------
+    n_clients:
+        Number of clients ``n``, in ``[2, 2**20]``.
+    max_dropout_rate:
+        Design dropout probability per client over the whole round, in ``[0, 1)``.
+    failure_log2:
+        log2 of the tolerated probability that the round aborts, ``<= -1``.
+
+    Returns
+    -------
+    int
+        ``k``: an even number in ``[2, n - 2]``, or ``n - 1``.
+
+    Examples
+    --------
+    >>> default_neighbours(10)
+    9
+    >>> default_neighbours(1000)
+    38
+    """
+    if isinstance(n_clients, bool) or not isinstance(n_clients, int):
+        raise InvalidParameterError(f"`n_clients` must be an integer; got {n_clients!r}")
+    if not 2 <= n_clients <= MAX_CLIENTS:
+        raise InvalidParameterError(f"`n_clients` must be in [2, {MAX_CLIENTS}]; got {n_clients}")
+    if not 0.0 <= max_dropout_rate < 1.0:
+        raise InvalidParameterError(
+            f"`max_dropout_rate` must be in [0, 1); got {max_dropout_rate!r}"
+        )
+    if failure_log2 > -1:
+        raise InvalidParameterError(f"`failure_log2` must be <= -1; got {failure_log2!r}")
+    target = 2.0**failure_log2
+    for k in range(2, n_clients - 1, 2):
+        t = default_threshold(k)
+        abort = n_clients * dropout_failure_probability(k, t, max_dropout_rate)
+        split = n_clients**2 * max_dropout_rate**k
+        if abort <= target and split <= 2.0**-40:
+            return k
+    return n_clients - 1
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Public parameters of one secure-aggregation round; all parties must agree.
+
+    Validated at construction: every problem is collected and reported at once
+    in one :class:`~protocols.errors.InvalidParameterError`.
+
+    Parameters
+    ----------
+    n_clients:
+        Number of registered clients ``n`` in ``[2, 2**20]``; client ids are
+        ``0 .. n - 1``.
+    vector_length:
+        Length ``d`` of every client's input vector, in ``[1, 2**32 - 1]``.
+    neighbours:
+        Neighbours ``k`` of each client in the public SecAgg+ graph: an even
+        number in ``[2, n - 2]`` (a random Harary graph) or ``n - 1`` (the
+        complete graph: plain SecAgg). ``None`` picks
+        :func:`default_neighbours` ``(n, max_dropout_rate=...)``.
+    threshold:
+        Shamir reconstruction threshold ``t`` among the ``k + 1`` share holders
+        (the neighbours and the client itself), in ``[floor((k+1)/2) + 1, k + 1]``
+        and ``>= 2``. ``None`` picks :func:`default_threshold` ``(k)``. Up to
+        ``t - 1`` colluding holders learn nothing about a client's secrets; the
+        round survives as long as ``t`` holders of every needed secret respond.
+    clip_range:
+        Inputs are clipped to ``[-clip_range, clip_range]`` before encoding; a
+        finite float ``> 0``.
+    precision_bits:
+        Fixed-point precision ``q`` in ``[1, 32]``: each coordinate is encoded
+        as an integer in ``[0, 2**q - 1]``.
+    sign_advertisements:
+        Malicious-server hardening: clients sign their key advertisements with
+        a long-term Ed25519 identity key and verify their neighbours'.
+    max_dropout_rate:
+        Design dropout rate used only to choose the default ``neighbours``;
+        in ``[0, 1)``.
+
+    Examples
+    --------
+    >>> cfg = SecAggConfig(n_clients=10, vector_length=4)
+    >>> (cfg.neighbours, cfg.threshold, cfg.modulus_bits)
+    (9, 6, 20)
+    >>> SecAggConfig(n_clients=10, vector_length=4, threshold=1)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    protocols.errors.InvalidParameterError: invalid SecAggConfig: `threshold` must be in [6, 10] for 9 neighbours (10 share holders); got 1 ...
+    """
+
+    n_clients: int
+    vector_length: int
+    neighbours: int | None = None
+    threshold: int | None = None
+    clip_range: float = 1.0
+    precision_bits: int = 16
+    sign_advertisements: bool = False
+    max_dropout_rate: float = 0.1
+    _encoder: FixedPointEncoder = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        n = self.n_clients
+        if not _is_int(n) or not 2 <= n <= MAX_CLIENTS:
+            problems.append(f"`n_clients` must be an integer in [2, {MAX_CLIENTS}]; got {n!r}")
+        if not _is_int(self.vector_length) or not 1 <= self.vector_length <= MAX_VECTOR_LENGTH:
+            problems.append(
+                f"`vector_length` must be an integer in [1, {MAX_VECTOR_LENGTH}]; "
+                f"got {self.vector_length!r}"
+            )
+        if (
+            isinstance(self.clip_range, bool)
+            or not isinstance(self.clip_range, (int, float))
+            or not math.isfinite(self.clip_range)
+            or self.clip_range <= 0
+        ):
+            problems.append(f"`clip_range` must be a finite number > 0; got {self.clip_range!r}")
+        if not _is_int(self.precision_bits) or not 1 <= self.precision_bits <= 32:
+            problems.append(f"`precision_bits` must be in [1, 32]; got {self.precision_bits!r}")
+        if not isinstance(self.sign_advertisements, bool):
+            problems.append(
+                f"`sign_advertisements` must be a bool; got {self.sign_advertisements!r}"
+            )
+        if (
+            isinstance(self.max_dropout_rate, bool)
+            or not isinstance(self.max_dropout_rate, (int, float))
+            or not 0.0 <= self.max_dropout_rate < 1.0
+        ):
+            problems.append(f"`max_dropout_rate` must be in [0, 1); got {self.max_dropout_rate!r}")
+        n_ok = _is_int(n) and 2 <= n <= MAX_CLIENTS
+        k = self.neighbours
+        if k is None and n_ok and not any("max_dropout_rate" in p for p in problems):
+            k = default_neighbours(n, max_dropout_rate=float(self.max_dropout_rate))
+        k_ok = False
+        if k is not None and n_ok:
+            if not _is_int(k) or not (k == n - 1 or (k % 2 == 0 and 2 <= k <= n - 2)):
+                problems.append(
+                    f"`neighbours` must be n_clients - 1 = {n - 1} (plain SecAgg) or an even "
+                    f"number in [2, {n - 2}] (SecAgg+); got {k!r}"
+                )
+            else:
+                k_ok = True
+        t = self.threshold
+        if k_ok and k is not None:
+            lo, hi = max(2, default_threshold(k)), k + 1
+            if t is None:
+                t = lo
+            elif not _is_int(t) or not lo <= t <= hi:
+                problems.append(
+                    f"`threshold` must be in [{lo}, {hi}] for {k} neighbours ({k + 1} share "
+                    f"holders); got {t!r}: a threshold <= half the share holders lets two "
+                    "disjoint sets of holders reconstruct both secrets of one client, "
+                    "and a threshold of 1 reveals them outright"
+                )
+        if problems:
+            raise InvalidParameterError("invalid SecAggConfig: " + "; ".join(problems))
+        object.__setattr__(self, "neighbours", k)
+        object.__setattr__(self, "threshold", t)
+        object.__setattr__(
+            self,
+            "_encoder",
+            FixedPointEncoder(
+                clip_range=float(self.clip_range),
+                precision_bits=self.precision_bits,
+                max_summands=n,
+            ),
+        )
+
+    @property
+    def k(self) -> int:
+        """The resolved number of neighbours."""
+        assert self.neighbours is not None
+        return self.neighbours
+
+    @property
+    def t(self) -> int:
+        """The resolved reconstruction threshold."""
+        assert self.threshold is not None
+        return self.threshold
+
+    @property
+    def is_plain_secagg(self) -> bool:
+        """True when the graph is complete (every client neighbours every other)."""
+        return self.k == self.n_clients - 1
+
+    @property
+    def encoder(self) -> FixedPointEncoder:
+        """The fixed-point encoder shared by clients and server."""
+        return self._encoder
+
+    @property
+    def modulus_bits(self) -> int:
+        """``b``: arithmetic is modulo ``2**b``; the sum of ``n`` inputs cannot overflow."""
+        return self._encoder.modulus_bits

@@ -1,0 +1,604 @@
+"""Versioned binary messages of the secure-aggregation protocol.
+
+Every message is ``header || body``. The 30-byte header (big-endian)::
+
+    version  u8     = 1
+    type     u8     MessageType
+    round_id 16 B   public round id
+    sender   u32    client id, or SERVER_ID = 0xFFFFFFFF
+    receiver u32    client id, or SERVER_ID
+    body_len u32    exact length of the body that follows
+
+Bodies (all counts and lengths explicit; id lists strictly increasing)::
+
+    ADVERTISE_KEYS   c_pk[32] s_pk[32] sig_len:u16 sig[sig_len ∈ {0, 64}]
+    KEY_DIRECTORY    count:u32 { len:u32 advertise_keys_message[len] } * count
+    SHARE_KEYS       count:u32 { receiver:u32 len:u32 ciphertext[len] } * count
+    SHARE_DELIVERY   count:u32 { sender:u32   len:u32 ciphertext[len] } * count
+    MASKED_INPUT     modulus_bits:u8 word_bytes:u8 length:u32 words[length*word_bytes] (LE)
+    UNMASK_REQUEST   n:u32 survivor:u32 * n  m:u32 dropped:u32 * m
+    UNMASK_RESPONSE  n:u32 {owner:u32 share[33]} * n  m:u32 {owner:u32 share[33]} * m
+
+Decoding validates every length and field and raises
+:class:`~protocols.errors.MessageError` with the reason; it never raises
+anything else. Semantic checks (is this sender expected now?) belong to the
+state machines in :mod:`.client` and :mod:`.server`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Final, TypeAlias
+
+import numpy as np
+from numpy.typing import NDArray
+
+from protocols.errors import MessageError
+from protocols.secagg.config import Stage
+from protocols.secagg.crypto import (
+    AEAD_NONCE_BYTES,
+    AEAD_TAG_BYTES,
+    PUBLIC_KEY_BYTES,
+    SIGNATURE_BYTES,
+)
+from protocols.secagg.encoding import word_dtype
+from protocols.secagg.shamir import SHARE_BYTES, share_from_bytes, share_to_bytes
+
+__all__ = [
+    "HEADER_BYTES",
+    "MESSAGE_STAGE",
+    "ROUND_ID_BYTES",
+    "SERVER_ID",
+    "SHARE_CIPHERTEXT_BYTES",
+    "SHARE_PLAINTEXT_BYTES",
+    "VERSION",
+    "AdvertiseKeys",
+    "KeyDirectory",
+    "MaskedInput",
+    "Message",
+    "MessageType",
+    "ShareDelivery",
+    "ShareKeys",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "decode_message",
+    "peek_type",
+]
+
+VERSION: Final = 1
+SERVER_ID: Final = 0xFFFFFFFF
+ROUND_ID_BYTES: Final = 16
+_HEADER: Final = struct.Struct(">BB16sIII")
+HEADER_BYTES: Final = _HEADER.size
+#: ``sender:u32 receiver:u32 b_share[33] sk_share[33]``
+SHARE_PLAINTEXT_BYTES: Final = 8 + 2 * SHARE_BYTES
+SHARE_CIPHERTEXT_BYTES: Final = AEAD_NONCE_BYTES + SHARE_PLAINTEXT_BYTES + AEAD_TAG_BYTES
+
+
+class MessageType(IntEnum):
+    """Message type byte."""
+
+    ADVERTISE_KEYS = 1
+    KEY_DIRECTORY = 2
+    SHARE_KEYS = 3
+    SHARE_DELIVERY = 4
+    MASKED_INPUT = 5
+    UNMASK_REQUEST = 6
+    UNMASK_RESPONSE = 7
+
+
+#: The stage at which a message of each type is consumed by its receiver.
+MESSAGE_STAGE: Final[dict[MessageType, Stage]] = {
+    MessageType.ADVERTISE_KEYS: Stage.ADVERTISE_KEYS,
+    MessageType.KEY_DIRECTORY: Stage.SHARE_KEYS,
+    MessageType.SHARE_KEYS: Stage.SHARE_KEYS,
+    MessageType.SHARE_DELIVERY: Stage.MASKED_INPUT,
+    MessageType.MASKED_INPUT: Stage.MASKED_INPUT,
+    MessageType.UNMASK_REQUEST: Stage.UNMASKING,
+    MessageType.UNMASK_RESPONSE: Stage.UNMASKING,
+}
+
+
+class _Reader:
+    """Bounds-checked cursor over a byte string."""
+
+    __slots__ = ("_data", "_pos", "_what")
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self._data = data
+        self._pos = 0
+        self._what = what
+
+    @property
+    def remaining(self) -> int:
+        return len(self._data) - self._pos
+
+    def take(self, n: int, field_name: str) -> bytes:
+        if n > self.remaining:
+            raise MessageError(
+                f"{self._what}: truncated while reading {field_name} "
+                f"(need {n} bytes, {self.remaining} left)"
+            )
+        out = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return out
+
+    def u8(self, field_name: str) -> int:
+        return self.take(1, field_name)[0]
+
+    def u16(self, field_name: str) -> int:
+        return int.from_bytes(self.take(2, field_name), "big")
+
+    def u32(self, field_name: str) -> int:
+        return int.from_bytes(self.take(4, field_name), "big")
+
+    def count(self, field_name: str, min_entry_bytes: int) -> int:
+        n = self.u32(field_name)
+        if n * min_entry_bytes > self.remaining:
+            raise MessageError(
+                f"{self._what}: {field_name} = {n} entries cannot fit in the "
+                f"{self.remaining} bytes left"
+            )
+        return n
+
+    def client_id(self, field_name: str) -> int:
+        value = self.u32(field_name)
+        if value == SERVER_ID:
+            raise MessageError(f"{self._what}: {field_name} must be a client id; got the server id")
+        return value
+
+    def finish(self) -> None:
+        if self.remaining:
+            raise MessageError(f"{self._what}: {self.remaining} trailing bytes")
+
+
+def _check_increasing(ids: list[int], what: str) -> None:
+    for a, b in itertools.pairwise(ids):
+        if b <= a:
+            raise MessageError(f"{what} must be strictly increasing; got {a} then {b}")
+
+
+def _u32(value: int, name: str) -> bytes:
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise MessageError(f"`{name}` does not fit in 32 bits; got {value}")
+    return value.to_bytes(4, "big")
+
+
+def _pack(msg_type: MessageType, round_id: bytes, sender: int, receiver: int, body: bytes) -> bytes:
+    if len(round_id) != ROUND_ID_BYTES:
+        raise MessageError(f"`round_id` must be {ROUND_ID_BYTES} bytes; got {len(round_id)}")
+    for name, value in (("sender", sender), ("receiver", receiver)):
+        if not 0 <= value <= SERVER_ID:
+            raise MessageError(f"`{name}` does not fit in 32 bits; got {value}")
+    return _HEADER.pack(VERSION, msg_type, round_id, sender, receiver, len(body)) + body
+
+
+@dataclass(frozen=True)
+class _Header:
+    msg_type: MessageType
+    round_id: bytes
+    sender: int
+    receiver: int
+
+
+def _unpack(data: bytes) -> tuple[_Header, _Reader]:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise MessageError(f"a message must be bytes; got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < HEADER_BYTES:
+        raise MessageError(
+            f"message truncated: {len(data)} bytes, the header alone is {HEADER_BYTES}"
+        )
+    version, type_byte, round_id, sender, receiver, body_len = _HEADER.unpack_from(data)
+    if version != VERSION:
+        raise MessageError(f"unsupported message version {version}; expected {VERSION}")
+    try:
+        msg_type = MessageType(type_byte)
+    except ValueError:
+        raise MessageError(f"unknown message type {type_byte}") from None
+    if body_len != len(data) - HEADER_BYTES:
+        raise MessageError(
+            f"{msg_type.name}: header announces a {body_len}-byte body; "
+            f"got {len(data) - HEADER_BYTES} bytes"
+        )
+    to_server = msg_type in (
+        MessageType.ADVERTISE_KEYS,
+        MessageType.SHARE_KEYS,
+        MessageType.MASKED_INPUT,
+        MessageType.UNMASK_RESPONSE,
+    )
+    client, server = (sender, receiver) if to_server else (receiver, sender)
+    if server != SERVER_ID:
+        role = "receiver" if to_server else "sender"
+        raise MessageError(f"{msg_type.name}: the {role} must be the server; got {server}")
+    if client == SERVER_ID:
+        role = "sender" if to_server else "receiver"
+        raise MessageError(f"{msg_type.name}: the {role} must be a client; got the server id")
+    return _Header(msg_type, round_id, sender, receiver), _Reader(
+        data[HEADER_BYTES:], msg_type.name
+    )
+
+
+def _expect(header: _Header, msg_type: MessageType) -> None:
+    if header.msg_type != msg_type:
+        raise MessageError(f"expected a {msg_type.name} message; got {header.msg_type.name}")
+
+
+@dataclass(frozen=True)
+class AdvertiseKeys:
+    """Stage 0, client → server: the client's two X25519 public keys.
+
+    Attributes
+    ----------
+    round_id, sender:
+        Round and client id.
+    encryption_key:
+        ``c_pk`` (32 bytes), for the share-exchange channel.
+    masking_key:
+        ``s_pk`` (32 bytes), for pairwise masks.
+    signature:
+        Ed25519 signature (64 bytes) or ``b""`` when signing is off.
+    """
+
+    round_id: bytes
+    sender: int
+    encryption_key: bytes
+    masking_key: bytes
+    signature: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        """Serialize."""
+        if (
+            len(self.encryption_key) != PUBLIC_KEY_BYTES
+            or len(self.masking_key) != PUBLIC_KEY_BYTES
+        ):
+            raise MessageError("public keys must be 32 bytes")
+        if len(self.signature) not in (0, SIGNATURE_BYTES):
+            raise MessageError("signature must be 0 or 64 bytes")
+        body = (
+            self.encryption_key
+            + self.masking_key
+            + len(self.signature).to_bytes(2, "big")
+            + self.signature
+        )
+        return _pack(MessageType.ADVERTISE_KEYS, self.round_id, self.sender, SERVER_ID, body)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> AdvertiseKeys:
+        """Parse and validate; raises :class:`MessageError`."""
+        header, r = _unpack(data)
+        _expect(header, MessageType.ADVERTISE_KEYS)
+        c_pk = r.take(PUBLIC_KEY_BYTES, "encryption key")
+        s_pk = r.take(PUBLIC_KEY_BYTES, "masking key")
+        sig_len = r.u16("signature length")
+        if sig_len not in (0, SIGNATURE_BYTES):
+            raise MessageError(f"ADVERTISE_KEYS: signature length must be 0 or 64; got {sig_len}")
+        sig = r.take(sig_len, "signature")
+        r.finish()
+        if c_pk == s_pk:
+            raise MessageError("ADVERTISE_KEYS: the two public keys must differ")
+        return cls(header.round_id, header.sender, c_pk, s_pk, sig)
+
+
+@dataclass(frozen=True)
+class KeyDirectory:
+    """Stage 1, server → client: the advertisements of the client's neighbours."""
+
+    round_id: bytes
+    receiver: int
+    advertisements: tuple[AdvertiseKeys, ...]
+
+    def to_bytes(self) -> bytes:
+        """Serialize."""
+        parts = [len(self.advertisements).to_bytes(4, "big")]
+        for ad in self.advertisements:
+            raw = ad.to_bytes()
+            parts.append(len(raw).to_bytes(4, "big") + raw)
+        return _pack(
+            MessageType.KEY_DIRECTORY, self.round_id, SERVER_ID, self.receiver, b"".join(parts)
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> KeyDirectory:
+        """Parse and validate; raises :class:`MessageError`."""
+        header, r = _unpack(data)
+        _expect(header, MessageType.KEY_DIRECTORY)
+        n = r.count("advertisement count", 4 + HEADER_BYTES + 2 * PUBLIC_KEY_BYTES + 2)
+        ads = []
+        for i in range(n):
+            length = r.u32(f"advertisement {i} length")
+            ad = AdvertiseKeys.from_bytes(r.take(length, f"advertisement {i}"))
+            if ad.round_id != header.round_id:
+                raise MessageError(f"KEY_DIRECTORY: advertisement {i} is from another round")
+            ads.append(ad)
+        r.finish()
+        _check_increasing([ad.sender for ad in ads], "KEY_DIRECTORY: advertisement senders")
+        return cls(header.round_id, header.receiver, tuple(ads))
+
+
+def _encode_ciphertexts(entries: tuple[tuple[int, bytes], ...]) -> bytes:
+    parts = [len(entries).to_bytes(4, "big")]
+    for peer, ct in entries:
+        parts.append(_u32(peer, "peer") + len(ct).to_bytes(4, "big") + ct)
+    return b"".join(parts)
+
+
+def _decode_ciphertexts(r: _Reader, peer_name: str) -> tuple[tuple[int, bytes], ...]:
+    n = r.count("ciphertext count", 8 + SHARE_CIPHERTEXT_BYTES)
+    out = []
+    for i in range(n):
+        peer = r.client_id(f"{peer_name} {i}")
+        length = r.u32(f"ciphertext {i} length")
+        if length != SHARE_CIPHERTEXT_BYTES:
+            raise MessageError(
+                f"{r._what}: ciphertext {i} must be {SHARE_CIPHERTEXT_BYTES} bytes; got {length}"
+            )
+        out.append((peer, r.take(length, f"ciphertext {i}")))
+    r.finish()
+    _check_increasing([p for p, _ in out], f"{r._what}: {peer_name}s")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ShareKeys:
+    """Stage 1, client → server: encrypted shares, one ciphertext per neighbour.
+
+    ``ciphertexts`` holds ``(receiver id, ciphertext)`` sorted by receiver.
+    """
+
+    round_id: bytes
+    sender: int
+    ciphertexts: tuple[tuple[int, bytes], ...]
+
+    def to_bytes(self) -> bytes:
+        """Serialize."""
+        return _pack(
+            MessageType.SHARE_KEYS,
+            self.round_id,
+            self.sender,
+            SERVER_ID,
+            _encode_ciphertexts(self.ciphertexts),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ShareKeys:
+        """Parse and validate; raises :class:`MessageError`."""
+        header, r = _unpack(data)
+        _expect(header, MessageType.SHARE_KEYS)
+        entries = _decode_ciphertexts(r, "receiver")
+        if any(peer == header.sender for peer, _ in entries):
+            raise MessageError("SHARE_KEYS: a client cannot send shares to itself")
+        return cls(header.round_id, header.sender, entries)
+
+
+@dataclass(frozen=True)
+class ShareDelivery:
+    """Stage 2, server → client: ciphertexts addressed to the client.
+
+    ``ciphertexts`` holds ``(sender id, ciphertext)`` sorted by sender.
+    """
+
+    round_id: bytes
+    receiver: int
+    ciphertexts: tuple[tuple[int, bytes], ...]
+
+    def to_bytes(self) -> bytes:
+        """Serialize."""
+        return _pack(
+            MessageType.SHARE_DELIVERY,
+            self.round_id,
+            SERVER_ID,
+            self.receiver,
+            _encode_ciphertexts(self.ciphertexts),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ShareDelivery:
+        """Parse and validate; raises :class:`MessageError`."""
+        header, r = _unpack(data)
+        _expect(header, MessageType.SHARE_DELIVERY)
+        entries = _decode_ciphertexts(r, "sender")
+        if any(peer == header.receiver for peer, _ in entries):
+            raise MessageError("SHARE_DELIVERY: a client cannot receive shares from itself")
+        return cls(header.round_id, header.receiver, entries)
+
+
+@dataclass(frozen=True)
+class MaskedInput:
+    """Stage 2, client → server: the masked, encoded input vector.
+
+    ``data`` holds ``length`` little-endian words of the smallest unsigned dtype
+    holding ``modulus_bits`` bits, each ``< 2**modulus_bits``.
+    """
+
+    round_id: bytes
+    sender: int
+    modulus_bits: int
+    data: bytes = field(repr=False)
+
+    @property
+    def dtype(self) -> np.dtype[np.unsignedinteger]:
+        """Word dtype of :attr:`data`."""
+        return word_dtype(self.modulus_bits)
+
+    def values(self) -> NDArray[np.unsignedinteger]:
+        """The masked vector as a read-only array."""
+        return np.frombuffer(self.data, dtype=self.dtype)
+
+    def to_bytes(self) -> bytes:
+        """Serialize."""
+        itemsize = self.dtype.itemsize
+        if len(self.data) % itemsize:
+            raise MessageError("MASKED_INPUT: data is not a whole number of words")
+        body = (
+            bytes([self.modulus_bits, itemsize])
+            + _u32(len(self.data) // itemsize, "length")
+            + self.data
+        )
+        return _pack(MessageType.MASKED_INPUT, self.round_id, self.sender, SERVER_ID, body)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MaskedInput:
+        """Parse and validate; raises :class:`MessageError`."""
+        header, r = _unpack(data)
+        _expect(header, MessageType.MASKED_INPUT)
+        bits = r.u8("modulus bits")
+        if not 1 <= bits <= 64:
+            raise MessageError(f"MASKED_INPUT: modulus bits must be in [1, 64]; got {bits}")
+        dtype = word_dtype(bits)
+        itemsize = r.u8("word bytes")
+        if itemsize != dtype.itemsize:
+            raise MessageError(
+                f"MASKED_INPUT: {bits}-bit words take {dtype.itemsize} bytes; got {itemsize}"
+            )
+        length = r.u32("length")
+        if length == 0:
+            raise MessageError("MASKED_INPUT: the vector must not be empty")
+        words = r.take(length * itemsize, "vector")
+        r.finish()
+        if bits < 8 * itemsize:
+            arr = np.frombuffer(words, dtype=dtype)
+            if int(arr.max()) >> bits:
+                raise MessageError(f"MASKED_INPUT: a word is not reduced modulo 2**{bits}")
+        return cls(header.round_id, header.sender, bits, words)
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Stage 3, server → client: which of the client's share owners survived.
+
+    ``survivors`` (their self-mask seed shares are requested) and ``dropped``
+    (their masking-key shares are requested) are sorted client ids.
+    """
+
+    round_id: bytes
+    receiver: int
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+    def to_bytes(self) -> bytes:
+        """Serialize."""
+        body = b"".join(
+            [len(self.survivors).to_bytes(4, "big")]
+            + [_u32(i, "survivor") for i in self.survivors]
+            + [len(self.dropped).to_bytes(4, "big")]
+            + [_u32(i, "dropped") for i in self.dropped]
+        )
+        return _pack(MessageType.UNMASK_REQUEST, self.round_id, SERVER_ID, self.receiver, body)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UnmaskRequest:
+        """Parse and validate; raises :class:`MessageError`."""
+        header, r = _unpack(data)
+        _expect(header, MessageType.UNMASK_REQUEST)
+        n = r.count("survivor count", 4)
+        survivors = [r.client_id(f"survivor {i}") for i in range(n)]
+        m = r.count("dropped count", 4)
+        dropped = [r.client_id(f"dropped {i}") for i in range(m)]
+        r.finish()
+        _check_increasing(survivors, "UNMASK_REQUEST: survivors")
+        _check_increasing(dropped, "UNMASK_REQUEST: dropped")
+        both = sorted(set(survivors) & set(dropped))
+        if both:
+            raise MessageError(
+                f"UNMASK_REQUEST: client {both[0]} is listed as both survivor and dropped; "
+                "revealing both of its secrets would unmask its input"
+            )
+        return cls(header.round_id, header.receiver, tuple(survivors), tuple(dropped))
+
+
+def _encode_shares(entries: tuple[tuple[int, int], ...]) -> bytes:
+    return len(entries).to_bytes(4, "big") + b"".join(
+        _u32(owner, "owner") + share_to_bytes(value) for owner, value in entries
+    )
+
+
+def _decode_shares(r: _Reader, what: str) -> tuple[tuple[int, int], ...]:
+    n = r.count(f"{what} count", 4 + SHARE_BYTES)
+    out = []
+    for i in range(n):
+        owner = r.client_id(f"{what} {i} owner")
+        out.append((owner, share_from_bytes(r.take(SHARE_BYTES, f"{what} {i}"))))
+    _check_increasing([o for o, _ in out], f"UNMASK_RESPONSE: {what} owners")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class UnmaskResponse:
+    """Stage 3, client → server: the requested shares.
+
+    ``mask_seed_shares`` are ``(owner, share)`` of survivors' self-mask seeds;
+    ``key_shares`` are ``(owner, share)`` of dropped clients' masking keys. An
+    owner never appears in both.
+    """
+
+    round_id: bytes
+    sender: int
+    mask_seed_shares: tuple[tuple[int, int], ...] = field(repr=False)
+    key_shares: tuple[tuple[int, int], ...] = field(repr=False)
+
+    def to_bytes(self) -> bytes:
+        """Serialize."""
+        body = _encode_shares(self.mask_seed_shares) + _encode_shares(self.key_shares)
+        return _pack(MessageType.UNMASK_RESPONSE, self.round_id, self.sender, SERVER_ID, body)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> UnmaskResponse:
+        """Parse and validate; raises :class:`MessageError`."""
+        header, r = _unpack(data)
+        _expect(header, MessageType.UNMASK_RESPONSE)
+        seed_shares = _decode_shares(r, "mask-seed share")
+        key_shares = _decode_shares(r, "key share")
+        r.finish()
+        both = sorted({o for o, _ in seed_shares} & {o for o, _ in key_shares})
+        if both:
+            raise MessageError(f"UNMASK_RESPONSE: both secrets of client {both[0]} are revealed")
+        return cls(header.round_id, header.sender, seed_shares, key_shares)
+
+
+Message: TypeAlias = (
+    "AdvertiseKeys | KeyDirectory | ShareKeys | ShareDelivery | MaskedInput "
+    "| UnmaskRequest | UnmaskResponse"
+)
+
+_CLASSES: Final[dict[MessageType, type[Message]]] = {
+    MessageType.ADVERTISE_KEYS: AdvertiseKeys,
+    MessageType.KEY_DIRECTORY: KeyDirectory,
+    MessageType.SHARE_KEYS: ShareKeys,
+    MessageType.SHARE_DELIVERY: ShareDelivery,
+    MessageType.MASKED_INPUT: MaskedInput,
+    MessageType.UNMASK_REQUEST: UnmaskRequest,
+    MessageType.UNMASK_RESPONSE: UnmaskResponse,
+}
+
+
+def peek_type(data: bytes) -> MessageType:
+    """The type of a message, after checking only the header's first two bytes."""
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) < 2:
+        raise MessageError("message truncated: no header")
+    if data[0] != VERSION:
+        raise MessageError(f"unsupported message version {data[0]}; expected {VERSION}")
+    try:
+        return MessageType(data[1])
+    except ValueError:
+        raise MessageError(f"unknown message type {data[1]}") from None
+
+
+def decode_message(data: bytes) -> Message:
+    """Decode any message, dispatching on its type byte.
+
+    Raises
+    ------
+    MessageError
+        For every malformed input; no other exception escapes.
+
+    Examples
+    --------
+    >>> msg = UnmaskRequest(bytes(16), 3, (1, 3), (2,))
+    >>> decode_message(msg.to_bytes()) == msg
+    True
+    """
+    return _CLASSES[peek_type(data)].from_bytes(data)
