@@ -76,7 +76,7 @@ def test_bayes_optimal_score_is_learnable_signal() -> None:
     assert g.value >= 0.65, g
     assert g.users_skipped < 0.05 * ds.n_users
     # per-user CTR heterogeneity: a per-user CTR lookup has gAUC 0.5 but a pooled AUC > 0.5
-    users, inv = np.unique(ds.user, return_inverse=True)
+    _, inv = np.unique(ds.user, return_inverse=True)
     ctr = np.bincount(inv, ds.y) / np.bincount(inv)
     assert ctr.std() > 0.1
     assert auc(ds.y, ctr[inv]) > 0.6
