@@ -171,10 +171,11 @@ def regulation_split(
     mode:
         ``"random"`` (RelayRec, paper-faithful): ``round(alpha · n)`` rows drawn
         uniformly without replacement are cloud data, the rest device data.
-        ``"temporal"``: cloud data are the rows strictly before the time of the
-        ``ceil(alpha · n)``-th earliest row (the α time quantile), so every cloud
-        row is strictly earlier than every device row; with ties at the boundary
-        the cloud holds slightly fewer than ``alpha · n`` rows.
+        ``"temporal"``: with ``t_α`` the time of the ``ceil(alpha · n)``-th
+        earliest row (the α time quantile), cloud data are the rows with
+        ``timestamp <= t_α`` and device data the rest. Every cloud row is strictly
+        earlier than every device row, rows sharing a timestamp stay on one side,
+        and the cloud holds ``ceil(alpha · n)`` rows, more when rows tie at ``t_α``.
     alpha:
         Cloud fraction, in (0, 1); paper default 5 %.
     seed:
@@ -204,11 +205,12 @@ def regulation_split(
         is_cloud = np.zeros(n, dtype=bool)
         is_cloud[cloud_rows] = True
     else:
+        if n == 0:
+            raise InvalidParameterError("regulation split of an empty data set")
         k = math.ceil(alpha * n)
         order = np.lexsort((np.arange(n), ds.timestamp))
-        cutoff = ds.timestamp[order[k - 1]] if k else None
-        is_cloud = ds.timestamp < cutoff if cutoff is not None else np.zeros(n, dtype=bool)
-        # The k-th earliest row's time is the quantile; rows at that time are device rows.
+        t_alpha = ds.timestamp[order[k - 1]]  # k >= 1 since alpha > 0 and n >= 1
+        is_cloud = ds.timestamp <= t_alpha
     if not is_cloud.any() or is_cloud.all():
         raise InvalidParameterError(
             f"regulation split ({mode}, alpha={alpha:g}) of {n} rows leaves "
