@@ -23,6 +23,7 @@ from secrelay.data import (
     shuffle_user_id,
     support_query_split,
 )
+from secrelay.data.splits import RegulationMode
 
 
 def tag_rows(ds: CTRDataset) -> CTRDataset:
@@ -235,9 +236,10 @@ def test_split_invariants_hypothesis(rows: list[tuple[int, int]], frac: float, s
     assert np.intersect1d(a, b).size == 0 and a.size + b.size + sq.rows_too_few == n
     assert set(sq.support.users().tolist()) == set(sq.query.users().tolist())
 
-    for mode in ("random", "temporal"):
+    modes: tuple[RegulationMode, ...] = ("random", "temporal")
+    for mode in modes:
         try:
-            reg = regulation_split(ds, mode=mode, alpha=frac, seed=seed)  # type: ignore[arg-type]
+            reg = regulation_split(ds, mode=mode, alpha=frac, seed=seed)
         except InvalidParameterError:
             continue  # a side would be empty (tiny n or all-equal times)
         c, d = rids(reg.cloud), rids(reg.device)
