@@ -315,7 +315,11 @@ class PRVAccountant(PrivacyAccountant):
         def run(eps_error: float) -> float:
             acc = _OpacusPRV()
             acc.history = list(history)
-            return float(acc.get_epsilon(delta, eps_error=eps_error))
+            # q = 1 makes Opacus take log(0) on a masked branch; its RDP domain sizing
+            # warns about the alpha grid. Neither affects the result.
+            with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+                warnings.simplefilter("ignore")
+                return float(acc.get_epsilon(delta, eps_error=eps_error))
 
         try:
             if self._eps_error is not None:
