@@ -148,11 +148,11 @@ def train_epochs(
     """
     if config.prox_mu > 0 and reference is None:
         raise InvalidParameterError("`reference` weights are required when prox_mu > 0")
-    x_all = torch.from_numpy(np.asarray(data.x))
+    x_all = torch.from_numpy(np.array(data.x))
     y_np = data.y if labels is None else np.asarray(labels, dtype=np.float32)
     if y_np.shape != (len(data),):
         raise InvalidParameterError(f"`labels` must have shape ({len(data)},); got {y_np.shape}")
-    y_all = torch.from_numpy(np.ascontiguousarray(y_np))
+    y_all = torch.from_numpy(np.array(y_np, dtype=np.float32))
     opt = optimizer if optimizer is not None else make_optimizer(model, config)
     params = list(model.parameters())
     model.train()
@@ -171,10 +171,10 @@ def train_epochs(
             opt.step()
             steps += 1
             samples += len(idx)
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             count += len(idx)
             if on_batch is not None:
-                on_batch(steps, float(loss))
+                on_batch(steps, float(loss.detach()))
         if count:
             last_loss = total / count
     return {"steps": float(steps), "loss": last_loss, "samples": float(samples)}
@@ -183,7 +183,7 @@ def train_epochs(
 def predict(model: nn.Module, data: CTRDataset, *, batch_size: int = 8192) -> np.ndarray:
     """Click probabilities for every row of ``data`` (float64, evaluation mode)."""
     model.eval()
-    x_all = torch.from_numpy(np.asarray(data.x))
+    x_all = torch.from_numpy(np.array(data.x))
     out = []
     with torch.no_grad():
         for start in range(0, len(data), batch_size):

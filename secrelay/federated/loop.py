@@ -322,6 +322,19 @@ class FederatedLoop:
         aborted = False
         server_stats: dict[str, float] = {}
         survivors: tuple[int, ...] = ()
+        if self.strategy.personalized:
+            # Nothing leaves the devices: no sum protocol runs.
+            do_eval = evaluate if evaluate is not None else (round % self.config.eval_every == 0)
+            return RoundRecord(
+                round=round,
+                sampled=tuple(sampled),
+                survivors=tuple(sorted(trained)),
+                dropped=plan,
+                aborted=False,
+                server={},
+                train_loss=float(np.mean(losses)) if losses else float("nan"),
+                metrics=self.evaluate() if do_eval else None,
+            )
         try:
             if len(trained) - len(protocol_drops) < self.config.min_survivors:
                 raise RoundAborted(

@@ -1,0 +1,299 @@
+"""One typed configuration object for a whole run, from TOML or keyword arguments.
+
+Every section is a frozen dataclass; :func:`load_config` rejects unknown sections
+and keys and wrong types with the dotted key's name (``federated.rounds must be an
+int; got '50'``), and each section validates its ranges at construction.
+Method-specific options (RelayRec's K, MetaUA's meta learning rate, …) live under
+``[method.options]`` and are validated by the method itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from protocols.errors import ConfigError, InvalidParameterError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "CloudConfig",
+    "DataConfig",
+    "FederatedConfig",
+    "LocalConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "PrivacyConfig",
+    "RunConfig",
+    "RunSection",
+    "SplitConfig",
+    "StrategyConfig",
+    "load_config",
+]
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """``[run]``: identity, seed and execution."""
+
+    name: str = "run"
+    seed: int = 0
+    executor: Literal["sequential", "process"] = "sequential"
+    workers: int = 0
+    record_transcript: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ConfigError(f"run.workers must be >= 0 (0 = all cores); got {self.workers}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``[data]``: which data set (``synthetic``, ``movielens100k``, ``libfm``, ``csv``,
+    ``parquet``), its path and loader options."""
+
+    name: str = "synthetic"
+    path: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """``[split]``: the regulation split and the per-device train/test split."""
+
+    mode: Literal["random", "temporal"] = "random"
+    alpha: float = 0.05
+    train_fraction: float = 0.8
+    min_device_rows: int = 2
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"split.alpha must be in (0, 1); got {self.alpha}")
+        if not 0 < self.train_fraction < 1:
+            raise ConfigError(f"split.train_fraction must be in (0, 1); got {self.train_fraction}")
+        if self.min_device_rows < 1:
+            raise ConfigError(f"split.min_device_rows must be >= 1; got {self.min_device_rows}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``[model]``: the device (and cloud) CTR model."""
+
+    name: str = "dnn"
+    embedding_dim: int = 16
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 1:
+            raise ConfigError(f"model.embedding_dim must be >= 1; got {self.embedding_dim}")
+
+
+@dataclass(frozen=True)
+class _TrainSection:
+    epochs: int = 1
+    batch_size: int = 256
+    lr: float = 1e-3
+    optimizer: Literal["sgd", "adam", "adagrad"] = "adam"
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        section = "cloud" if isinstance(self, CloudConfig) else "local"
+        if self.epochs < 0:
+            raise ConfigError(f"{section}.epochs must be >= 0; got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"{section}.batch_size must be >= 1; got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"{section}.lr must be > 0; got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"{section}.weight_decay must be >= 0; got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class CloudConfig(_TrainSection):
+    """``[cloud]``: centralized training on the pre-regulation cloud data."""
+
+    epochs: int = 5
+    batch_size: int = 256
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class LocalConfig(_TrainSection):
+    """``[local]``: each device's local training per round."""
+
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    """``[federated]``: rounds, sampling and dropouts (see
+    :class:`secrelay.federated.loop.RoundConfig`)."""
+
+    rounds: int = 50
+    clients_per_round: int = 25
+    sampling: Literal["fixed", "poisson"] = "fixed"
+    sample_rate: float = 0.1
+    dropout_rate: float = 0.0
+    min_survivors: int = 1
+    on_abort: Literal["raise", "skip"] = "raise"
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0:
+            raise ConfigError(f"federated.rounds must be >= 0; got {self.rounds}")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """``[strategy]``: the aggregation strategy and its parameters."""
+
+    name: str = "fedavg"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """``[method]``: ``federated`` (plain FL from the cloud model) or a relay method."""
+
+    name: str = "federated"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """``[privacy]``: protections wrapped around the method's flows."""
+
+    secure_aggregation: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run: every section, each with defaults."""
+
+    run: RunSection = field(default_factory=RunSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cloud: CloudConfig = field(default_factory=CloudConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        return _build(cls, "", data)
+
+    def replace(self, **sections: Mapping[str, Any]) -> RunConfig:
+        """A copy with some keys changed: ``cfg.replace(federated={"rounds": 3})``."""
+        d = self.to_dict()
+        for name, values in sections.items():
+            if name not in d:
+                raise ConfigError(f"unknown config section {name!r}; valid: {sorted(d)}")
+            d[name] = {**d[name], **dict(values)}
+        return RunConfig.from_dict(d)
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if origin in (dict, Mapping):
+        return isinstance(value, Mapping)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(cls: Any, prefix: str, data: Mapping[str, Any]) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'} must be a table; got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        where = f"section [{prefix}]" if prefix else "the config"
+        raise ConfigError(
+            f"unknown key(s) {', '.join(repr(u) for u in unknown)} in {where}; "
+            f"valid keys: {', '.join(sorted(known))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        tp = hints[name]
+        dotted = f"{prefix}.{name}" if prefix else name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, dotted, value)
+            continue
+        if not _type_ok(value, tp):
+            raise ConfigError(f"{dotted} must be {_describe(tp)}; got {value!r}")
+        if tp is float:
+            value = float(value)
+        if typing.get_origin(tp) is dict:
+            value = dict(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except InvalidParameterError as e:
+        raise ConfigError(f"[{prefix}] {e}") from None
+
+
+def load_config(path: str | Path | None = None, **overrides: Mapping[str, Any]) -> RunConfig:
+    """Read a TOML config (or start from defaults) and apply section overrides.
+
+    Raises
+    ------
+    ConfigError
+        For a missing or unparsable file, an unknown section or key, a wrong type
+        or an out-of-range value; the message names the key.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+    for section, values in overrides.items():
+        data[section] = {**data.get(section, {}), **dict(values)}
+    return RunConfig.from_dict(data)
