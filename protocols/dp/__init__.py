@@ -1,0 +1,132 @@
+"""Differential-privacy primitives: events, accountants, mechanisms, the privacy ledger.
+
+Arrays/tensors in and out; nothing here knows about CTR models or relay learning,
+and nothing imports :mod:`secrelay` or :mod:`attacks`. See ``docs/dp.md``.
+
+Submodules
+----------
+:mod:`~protocols.dp.events`
+    Immutable, nestable privacy events (``GaussianEvent``, ``PoissonSampledEvent``, ...).
+:mod:`~protocols.dp.accountants`
+    ``PRVAccountant`` (default, tight) and ``RDPAccountant``; registry.
+:mod:`~protocols.dp.calibration`
+    ``calibrate_noise_multiplier``.
+:mod:`~protocols.dp.ledger`
+    ``PrivacyLedger``, ``LedgerRecord``, ``PrivacyBudget``.
+:mod:`~protocols.dp.mechanisms`
+    Clipping and the Gaussian mechanism on sums.
+:mod:`~protocols.dp.distributed`
+    Exact discrete Gaussian sampler, integer encoding, distributed noise for SecAgg.
+:mod:`~protocols.dp.ldp`
+    Local DP for a scalar in [0, 1].
+:mod:`~protocols.dp.local_training`
+    ``make_private_local_training`` over Opacus.
+:mod:`~protocols.dp.rng`
+    ``make_generator``, ``SecureGenerator``.
+"""
+
+from protocols.dp.accountants import (
+    DEFAULT_RDP_ORDERS,
+    PrivacyAccountant,
+    PrivacyAccountingWarning,
+    PRVAccountant,
+    RDPAccountant,
+    available_accountants,
+    make_accountant,
+    register_accountant,
+)
+from protocols.dp.calibration import calibrate_noise_multiplier, epsilon_for
+from protocols.dp.distributed import (
+    DistributedDiscreteGaussianPlan,
+    dequantize,
+    discrete_gaussian,
+    discrete_gaussian_pmf,
+    from_modular,
+    quantize,
+    rounded_l2_bound,
+    to_modular,
+)
+from protocols.dp.events import (
+    ComposedEvent,
+    DistributedDiscreteGaussianEvent,
+    DpEvent,
+    GaussianEvent,
+    LaplaceEvent,
+    NoOpEvent,
+    PoissonSampledEvent,
+    PureEpsilonEvent,
+    RandomizedResponseEvent,
+    SelfComposedEvent,
+    ZCDPEvent,
+    event_from_dict,
+)
+from protocols.dp.ldp import gaussian_report, randomized_response, randomized_response_estimate
+from protocols.dp.ledger import (
+    BudgetReport,
+    EpsilonPoint,
+    LedgerConflictError,
+    LedgerRecord,
+    PrivacyBudget,
+    PrivacyLedger,
+    PrivacyUnit,
+)
+from protocols.dp.local_training import (
+    GRAD_SAMPLE_MODES,
+    PrivateTraining,
+    make_private_local_training,
+)
+from protocols.dp.mechanisms import clip_by_l2_norm, clip_update, gaussian_mechanism, l2_norm
+from protocols.dp.rng import RandomGenerator, SecureGenerator, make_generator
+
+__all__ = [
+    "DEFAULT_RDP_ORDERS",
+    "GRAD_SAMPLE_MODES",
+    "BudgetReport",
+    "ComposedEvent",
+    "DistributedDiscreteGaussianEvent",
+    "DistributedDiscreteGaussianPlan",
+    "DpEvent",
+    "EpsilonPoint",
+    "GaussianEvent",
+    "LaplaceEvent",
+    "LedgerConflictError",
+    "LedgerRecord",
+    "NoOpEvent",
+    "PRVAccountant",
+    "PoissonSampledEvent",
+    "PrivacyAccountant",
+    "PrivacyAccountingWarning",
+    "PrivacyBudget",
+    "PrivacyLedger",
+    "PrivacyUnit",
+    "PrivateTraining",
+    "PureEpsilonEvent",
+    "RDPAccountant",
+    "RandomGenerator",
+    "RandomizedResponseEvent",
+    "SecureGenerator",
+    "SelfComposedEvent",
+    "ZCDPEvent",
+    "available_accountants",
+    "calibrate_noise_multiplier",
+    "clip_by_l2_norm",
+    "clip_update",
+    "dequantize",
+    "discrete_gaussian",
+    "discrete_gaussian_pmf",
+    "epsilon_for",
+    "event_from_dict",
+    "from_modular",
+    "gaussian_mechanism",
+    "gaussian_report",
+    "l2_norm",
+    "make_accountant",
+    "make_generator",
+    "make_private_local_training",
+    "quantize",
+    "randomized_response",
+    "randomized_response_estimate",
+    "register_accountant",
+    "rounded_l2_bound",
+    "to_modular",
+]
