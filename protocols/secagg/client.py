@@ -28,6 +28,7 @@ from enum import Enum
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from numpy.typing import ArrayLike, NDArray
 
 from protocols.errors import InvalidParameterError, MessageError, ProtocolAbort
@@ -38,6 +39,7 @@ from protocols.secagg.crypto import (
     aead_encrypt,
     associated_data,
     generate_x25519,
+    load_x25519,
     pairwise_mask_seed,
     share_encryption_key,
     sign,
@@ -58,7 +60,7 @@ from protocols.secagg.messages import (
     peek_type,
 )
 from protocols.secagg.messages import MaskedInput as MaskedInputMessage
-from protocols.secagg.prg import expand_mask
+from protocols.secagg.prg import MaskExpander
 from protocols.secagg.rng import SecureRandom
 from protocols.secagg.shamir import SHARE_BYTES, share_from_bytes, share_to_bytes, split_secret
 
@@ -157,6 +159,8 @@ class SecAggClient:
         self._c_pk = b""
         self._s_sk = b""
         self._s_pk = b""
+        self._c_key: X25519PrivateKey | None = None
+        self._s_key: X25519PrivateKey | None = None
         self._directory: dict[int, AdvertiseKeys] = {}
         self._own_shares: tuple[int, int] = (0, 0)
         self._mask_seed = b""
@@ -208,6 +212,7 @@ class SecAggClient:
             )
         msg = AdvertiseKeys(self._round_id, self._id, c_pk, s_pk, signature).to_bytes()
         self._c_sk, self._c_pk, self._s_sk, self._s_pk = c_sk, c_pk, s_sk, s_pk
+        self._c_key, self._s_key = load_x25519(c_sk), load_x25519(s_sk)
         self._stage = Stage.SHARE_KEYS
         return msg
 
@@ -287,7 +292,7 @@ class SecAggClient:
         ciphertexts = []
         for peer in holders[1:]:
             key = share_encryption_key(
-                x25519_exchange(self._c_sk, ads[peer].encryption_key),
+                x25519_exchange(self._loaded(self._c_key), ads[peer].encryption_key),
                 self._round_id,
                 self._id,
                 peer,
@@ -331,7 +336,10 @@ class SecAggClient:
                     "neighbour that advertised keys"
                 )
             key = share_encryption_key(
-                x25519_exchange(self._c_sk, ad.encryption_key), self._round_id, sender, self._id
+                x25519_exchange(self._loaded(self._c_key), ad.encryption_key),
+                self._round_id,
+                sender,
+                self._id,
             )
             ad_bytes = associated_data(self._round_id, Stage.SHARE_KEYS.code, sender, self._id)
             plaintext = aead_decrypt(key, ct, ad_bytes)
@@ -354,7 +362,7 @@ class SecAggClient:
             )
         pair_seeds = {
             peer: pairwise_mask_seed(
-                x25519_exchange(self._s_sk, self._directory[peer].masking_key),
+                x25519_exchange(self._loaded(self._s_key), self._directory[peer].masking_key),
                 self._round_id,
                 self._id,
                 peer,
@@ -440,9 +448,10 @@ class SecAggClient:
         dtype = encoder.dtype
         d = self._config.vector_length
         acc = encoder.encode(self._vector, rng=self._rng)
-        np.add(acc, expand_mask(self._mask_seed, d, dtype), out=acc)
+        expander = MaskExpander(d, dtype)
+        np.add(acc, expander.expand(self._mask_seed), out=acc)
         for peer, seed in pair_seeds.items():
-            mask = expand_mask(seed, d, dtype)
+            mask = expander.expand(seed)
             if self._id < peer:
                 np.add(acc, mask, out=acc)
             else:
@@ -451,6 +460,11 @@ class SecAggClient:
         if bits < 8 * dtype.itemsize:
             np.bitwise_and(acc, dtype.type((1 << bits) - 1), out=acc)
         return acc
+
+    def _loaded(self, key: X25519PrivateKey | None) -> X25519PrivateKey:
+        if key is None:
+            raise MessageError(f"client {self._id} has not advertised its keys yet")
+        return key
 
     def _require_stage(self, stage: Stage, what: str) -> None:
         if self._stage is Stage.ABORTED:

@@ -35,6 +35,7 @@ __all__ = [
     "aead_encrypt",
     "associated_data",
     "generate_x25519",
+    "load_x25519",
     "pairwise_mask_seed",
     "share_encryption_key",
     "sign",
@@ -67,12 +68,17 @@ def x25519_public_from_private(private_key: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes_raw()
 
 
-def x25519_exchange(private_key: bytes, peer_public_key: bytes) -> bytes:
+def load_x25519(private_key: bytes) -> X25519PrivateKey:
+    """Load a raw 32-byte X25519 private key (loading costs a scalar multiplication)."""
+    return X25519PrivateKey.from_private_bytes(private_key)
+
+
+def x25519_exchange(private_key: X25519PrivateKey | bytes, peer_public_key: bytes) -> bytes:
     """Raw X25519 shared secret; :class:`MessageError` for a degenerate peer key."""
+    if isinstance(private_key, bytes):
+        private_key = load_x25519(private_key)
     try:
-        return X25519PrivateKey.from_private_bytes(private_key).exchange(
-            X25519PublicKey.from_public_bytes(peer_public_key)
-        )
+        return private_key.exchange(X25519PublicKey.from_public_bytes(peer_public_key))
     except ValueError as exc:  # all-zero shared secret (small-order point)
         raise MessageError(f"invalid X25519 public key: {exc}") from None
 

@@ -107,7 +107,7 @@ class _Reader:
 
     __slots__ = ("_data", "_pos", "_what")
 
-    def __init__(self, data: bytes, what: str) -> None:
+    def __init__(self, data: memoryview, what: str) -> None:
         self._data = data
         self._pos = 0
         self._what = what
@@ -117,6 +117,17 @@ class _Reader:
         return len(self._data) - self._pos
 
     def take(self, n: int, field_name: str) -> bytes:
+        if n > self.remaining:
+            raise MessageError(
+                f"{self._what}: truncated while reading {field_name} "
+                f"(need {n} bytes, {self.remaining} left)"
+            )
+        out = bytes(self._data[self._pos : self._pos + n])
+        self._pos += n
+        return out
+
+    def view(self, n: int, field_name: str) -> memoryview:
+        """Like :meth:`take`, without copying."""
         if n > self.remaining:
             raise MessageError(
                 f"{self._what}: truncated while reading {field_name} "
@@ -218,7 +229,7 @@ def _unpack(data: bytes) -> tuple[_Header, _Reader]:
         role = "sender" if to_server else "receiver"
         raise MessageError(f"{msg_type.name}: the {role} must be a client; got the server id")
     return _Header(msg_type, round_id, sender, receiver), _Reader(
-        data[HEADER_BYTES:], msg_type.name
+        memoryview(data)[HEADER_BYTES:], msg_type.name
     )
 
 
@@ -411,13 +422,14 @@ class MaskedInput:
     """Stage 2, client → server: the masked, encoded input vector.
 
     ``data`` holds ``length`` little-endian words of the smallest unsigned dtype
-    holding ``modulus_bits`` bits, each ``< 2**modulus_bits``.
+    holding ``modulus_bits`` bits, each ``< 2**modulus_bits`` (after decoding, a
+    zero-copy read-only view into the message bytes).
     """
 
     round_id: bytes
     sender: int
     modulus_bits: int
-    data: bytes = field(repr=False)
+    data: bytes | memoryview = field(repr=False)
 
     @property
     def dtype(self) -> np.dtype[np.unsignedinteger]:
@@ -457,7 +469,7 @@ class MaskedInput:
         length = r.u32("length")
         if length == 0:
             raise MessageError("MASKED_INPUT: the vector must not be empty")
-        words = r.take(length * itemsize, "vector")
+        words = r.view(length * itemsize, "vector")
         r.finish()
         if bits < 8 * itemsize:
             arr = np.frombuffer(words, dtype=dtype)

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from protocols.errors import InvalidParameterError
 
-__all__ = ["SEED_BYTES", "expand_mask"]
+__all__ = ["SEED_BYTES", "MaskExpander", "expand_mask"]
 
 #: Length of a mask seed in bytes.
 SEED_BYTES: Final = 32
@@ -67,3 +67,54 @@ def expand_mask(
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_BLOCK)).encryptor()
     stream = encryptor.update(bytes(length * dt.itemsize))
     return np.frombuffer(stream, dtype=dt.newbyteorder("<"))
+
+
+class MaskExpander:
+    """Reusable buffers for expanding many seeds to the same length.
+
+    ``MaskExpander(length, dtype).expand(seed)`` returns the same words as
+    :func:`expand_mask`, written with ``update_into`` into one preallocated
+    buffer (no allocation per seed). The returned array is a read-only view
+    that the next :meth:`expand` call overwrites.
+
+    Parameters
+    ----------
+    length:
+        Number of words per mask, ``>= 1``.
+    dtype:
+        Unsigned integer dtype of the words.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ex = MaskExpander(5, np.dtype("<u2"))
+    >>> bool(np.array_equal(ex.expand(bytes(32)), expand_mask(bytes(32), 5, np.dtype("<u2"))))
+    True
+    """
+
+    __slots__ = ("_buf", "_dtype", "_length", "_nbytes", "_zeros")
+
+    def __init__(self, length: int, dtype: np.dtype[np.unsignedinteger]) -> None:
+        dt = np.dtype(dtype)
+        if dt.kind != "u":
+            raise InvalidParameterError(f"`dtype` must be an unsigned integer dtype; got {dt}")
+        if length < 1:
+            raise InvalidParameterError(f"`length` must be >= 1; got {length}")
+        self._dtype = dt.newbyteorder("<")
+        self._length = length
+        self._nbytes = length * dt.itemsize
+        self._zeros = bytes(self._nbytes)
+        # update_into needs room for one extra block.
+        self._buf = bytearray(self._nbytes + 16)
+
+    def expand(self, seed: bytes) -> NDArray[np.unsignedinteger]:
+        """The mask of ``seed`` (a view into the shared buffer)."""
+        if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
+            raise InvalidParameterError(f"`seed` must be {SEED_BYTES} bytes")
+        encryptor = Cipher(algorithms.AES(seed), modes.CTR(_ZERO_BLOCK)).encryptor()
+        written = encryptor.update_into(self._zeros, self._buf)
+        if written != self._nbytes:
+            raise AssertionError("AES-CTR wrote an unexpected number of bytes")
+        view = np.frombuffer(self._buf, dtype=self._dtype, count=self._length)
+        view.flags.writeable = False
+        return view

@@ -28,10 +28,10 @@ from protocols.errors import InvalidParameterError, MessageError, ProtocolAbort
 from protocols.secagg.config import SecAggConfig, Stage
 from protocols.secagg.crypto import (
     advertisement_payload,
+    load_x25519,
     pairwise_mask_seed,
     verify_signature,
     x25519_exchange,
-    x25519_public_from_private,
 )
 from protocols.secagg.graph import neighbour_graph
 from protocols.secagg.messages import (
@@ -47,7 +47,7 @@ from protocols.secagg.messages import (
     UnmaskResponse,
     peek_type,
 )
-from protocols.secagg.prg import expand_mask
+from protocols.secagg.prg import MaskExpander
 from protocols.secagg.shamir import combine_shares
 
 __all__ = ["AggregateResult", "ReceivedMessage", "SecAggServer", "ServerView"]
@@ -438,6 +438,7 @@ class SecAggServer:
         cfg = self._config
         t, d, dtype = cfg.t, cfg.vector_length, cfg.encoder.dtype
         acc = np.zeros(d, dtype=dtype)
+        expander = MaskExpander(d, dtype)
         for u in sorted(self._u3):
             np.add(acc, self._masked[u].values(), out=acc)
         for u in sorted(self._u3):
@@ -448,7 +449,7 @@ class SecAggServer:
                 raise ProtocolAbort(
                     Stage.UNMASKING.value, f"self-mask seed of client {u}: {exc}"
                 ) from None
-            np.subtract(acc, expand_mask(seed, d, dtype), out=acc)
+            np.subtract(acc, expander.expand(seed), out=acc)
         for v in dropped:
             try:
                 s_sk = combine_shares(key_shares[v], threshold=t)
@@ -457,7 +458,8 @@ class SecAggServer:
                 raise ProtocolAbort(
                     Stage.UNMASKING.value, f"masking key of client {v}: {exc}"
                 ) from None
-            if x25519_public_from_private(s_sk) != self._ads[v].masking_key:
+            s_key = load_x25519(s_sk)
+            if s_key.public_key().public_bytes_raw() != self._ads[v].masking_key:
                 self._stage = Stage.ABORTED
                 raise ProtocolAbort(
                     Stage.UNMASKING.value,
@@ -466,13 +468,13 @@ class SecAggServer:
                 )
             for w in sorted(self._graph[v] & self._u3):
                 seed = pairwise_mask_seed(
-                    x25519_exchange(s_sk, self._ads[w].masking_key), self._round_id, v, w
+                    x25519_exchange(s_key, self._ads[w].masking_key), self._round_id, v, w
                 )
                 # w added +PRG if w < v and -PRG if w > v; undo it.
                 if w < v:
-                    np.subtract(acc, expand_mask(seed, d, dtype), out=acc)
+                    np.subtract(acc, expander.expand(seed), out=acc)
                 else:
-                    np.add(acc, expand_mask(seed, d, dtype), out=acc)
+                    np.add(acc, expander.expand(seed), out=acc)
         bits = cfg.modulus_bits
         if bits < 8 * dtype.itemsize:
             np.bitwise_and(acc, dtype.type((1 << bits) - 1), out=acc)
