@@ -97,6 +97,7 @@ class DCNV2(CTRModel):
         self.fc = nn.Linear(final, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B,)`` for ``x`` of shape ``(B, schema.n_columns)`` (int64)."""
         x0 = self.embedding(x).flatten(1)
         cross = self.cross(x0)
         if self.dnn is None:

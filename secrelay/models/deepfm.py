@@ -62,6 +62,7 @@ class DeepFM(CTRModel):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B,)`` for ``x`` of shape ``(B, schema.n_columns)`` (int64)."""
         emb = self.embedding(x)
         deep: torch.Tensor = self.dnn(emb.flatten(1)).squeeze(-1)
         first: torch.Tensor = self.first_order(x)

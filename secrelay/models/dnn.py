@@ -66,5 +66,6 @@ class DNN(CTRModel):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B,)`` for ``x`` of shape ``(B, schema.n_columns)`` (int64)."""
         logit: torch.Tensor = self.mlp(self.embedding(x).flatten(1)).squeeze(-1)
         return logit

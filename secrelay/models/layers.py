@@ -81,6 +81,7 @@ class Bias(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + bias``; ``x`` has ``num_features`` as its last dimension."""
         return x + self.bias
 
 
@@ -115,6 +116,7 @@ class FirstOrder(nn.Module):
         self.weights = FieldEmbedding(schema, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """First-order logit term ``(B,)`` for ``x`` of shape ``(B, n_columns)``."""
         out: torch.Tensor = self.weights(x).sum(dim=(1, 2))
         return out
 
@@ -171,6 +173,7 @@ class MLP(nn.Module):
         self.out_features = width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, input_dim)`` → ``(B, out_features)``."""
         out: torch.Tensor = self.net(x)
         return out
 
@@ -219,6 +222,7 @@ class CrossNetV2(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(input_dim, input_dim) for _ in range(num_layers))
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        """``x_0`` ``(B, d)`` → ``x_L`` ``(B, d)``."""
         x = x0
         for layer in self.layers:
             x = x0 * layer(x) + x
@@ -235,6 +239,7 @@ class _LowRankExpert(nn.Module):
         self.u = nn.Linear(low_rank, input_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, d)`` → ``(B, d)``."""
         out: torch.Tensor = self.u(torch.tanh(self.c(torch.tanh(self.v(x)))))
         return out
 
@@ -284,6 +289,7 @@ class CrossNetMix(nn.Module):
         )
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        """``x_0`` ``(B, d)`` → ``x_L`` ``(B, d)``."""
         x = x0
         for experts, gate in zip(self.experts, self.gates):
             assert isinstance(experts, nn.ModuleList)
@@ -328,6 +334,7 @@ class CompressedInteractionNet(nn.Module):
         self.fc = nn.Linear(sum(sizes), 1, bias=False)
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        """Field embeddings ``(B, m, dim)`` → CIN logit term ``(B,)``."""
         batch, _, dim = emb.shape
         x = emb
         pooled = []

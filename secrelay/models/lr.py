@@ -61,6 +61,7 @@ class LogisticRegression(CTRModel):
         self.bias = Bias(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B,)`` for ``x`` of shape ``(B, schema.n_columns)`` (int64)."""
         first = self.embedding(x).sum(dim=1)  # (B, 1)
         logit: torch.Tensor = self.bias(first).squeeze(-1)
         return logit

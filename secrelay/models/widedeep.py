@@ -60,6 +60,7 @@ class WideDeep(CTRModel):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B,)`` for ``x`` of shape ``(B, schema.n_columns)`` (int64)."""
         deep: torch.Tensor = self.deep(self.embedding(x).flatten(1)).squeeze(-1)
         wide: torch.Tensor = self.wide(x)
         return wide + deep
