@@ -1,0 +1,191 @@
+"""RelayRec's ``[method.options]``: one frozen, validated dataclass.
+
+Every ablation of Deng et al. (IPSN 2023, §5) is a choice here:
+
+==================  ==========================================================
+option              values (default first)
+==================  ==========================================================
+``initial``         ``multiple_meta`` (RelayRec), ``multiple_normal``,
+                    ``single_meta``, ``single_normal``
+``selection``       ``selector`` (RelayRec), ``random``, ``optimal`` (every
+                    device scores all K models on its local train data)
+``selector_path``   ``query`` (p_u sent in a QueryMessage, the server answers;
+                    the flow a CKKS layer encrypts) or ``local`` (the device
+                    downloads the selector and runs it)
+``collaboration``   ``clustered_fedprox`` (RelayRec), ``clustered_fedavg``,
+                    ``fedprox``, ``fedavg``, ``standalone``
+==================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from protocols.errors import ConfigError
+
+__all__ = ["RelayRecOptions"]
+
+Initial = Literal["multiple_meta", "multiple_normal", "single_meta", "single_normal"]
+Selection = Literal["selector", "random", "optimal"]
+SelectorPath = Literal["query", "local"]
+Collaboration = Literal[
+    "clustered_fedprox", "clustered_fedavg", "fedprox", "fedavg", "standalone"
+]
+
+
+@dataclass(frozen=True)
+class RelayRecOptions:
+    """RelayRec's options, with the paper's defaults.
+
+    Parameters
+    ----------
+    server_model:
+        The advanced cloud model whose embeddings drive clustering and the
+        selector (paper: xDeepFM).
+    server_model_options:
+        Extra keyword arguments of the server model (e.g. ``cin_layer_sizes``);
+        its embedding size is ``model.embedding_dim``.
+    num_clusters:
+        K, user clusters = initial models (paper 2).
+    num_categories:
+        C, item categories of the preference vector (paper 2).
+    initial, selection, selector_path, collaboration:
+        See the module docstring.
+    mu:
+        FedProx proximal weight μ towards the chosen initial model (> 0 where a
+        FedProx variant is chosen).
+    inner_lr, outer_lr:
+        MAML η1 and η2 (paper 0.01 both).
+    inner_steps, meta_epochs, users_per_batch, first_order, outer_optimizer, support_fraction:
+        See :class:`secrelay.relay.relayrec_cloud.MAMLConfig`.
+    finetune_epochs:
+        Epochs of fine-tuning each initial model on all cloud data (>= 0).
+    selector_hidden, selector_epochs, selector_lr:
+        The selector MLP (one hidden ReLU layer, full-batch Adam).
+    """
+
+    server_model: str = "xdeepfm"
+    server_model_options: dict[str, Any] = field(default_factory=dict)
+    num_clusters: int = 2
+    num_categories: int = 2
+    initial: Initial = "multiple_meta"
+    selection: Selection = "selector"
+    selector_path: SelectorPath = "query"
+    collaboration: Collaboration = "clustered_fedprox"
+    mu: float = 0.01
+    inner_lr: float = 0.01
+    outer_lr: float = 0.01
+    inner_steps: int = 1
+    meta_epochs: int = 5
+    users_per_batch: int = 25
+    first_order: bool = False
+    outer_optimizer: Literal["adam", "sgd"] = "adam"
+    support_fraction: float = 0.5
+    finetune_epochs: int = 1
+    selector_hidden: int = 32
+    selector_epochs: int = 300
+    selector_lr: float = 0.01
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> RelayRecOptions:
+        """Validate ``[method.options]``; every problem is reported at once, each
+        naming ``method.options.<key>``."""
+        return _from_mapping(cls, options, _check_relayrec)
+
+    @property
+    def multiple(self) -> bool:
+        return self.initial.startswith("multiple")
+
+    @property
+    def meta(self) -> bool:
+        return self.initial.endswith("meta")
+
+
+def _check_relayrec(o: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for name in ("num_clusters", "num_categories", "inner_steps", "users_per_batch", "selector_hidden"):
+        if name in o and o[name] < 1:
+            problems.append(f"method.options.{name} must be >= 1; got {o[name]!r}")
+    for name in ("meta_epochs", "finetune_epochs", "selector_epochs"):
+        if name in o and o[name] < 0:
+            problems.append(f"method.options.{name} must be >= 0; got {o[name]!r}")
+    for name in ("inner_lr", "outer_lr", "selector_lr"):
+        if name in o and not o[name] > 0:
+            problems.append(f"method.options.{name} must be > 0; got {o[name]!r}")
+    if "mu" in o and o["mu"] < 0:
+        problems.append(f"method.options.mu must be >= 0; got {o['mu']!r}")
+    collab = o.get("collaboration", "clustered_fedprox")
+    if collab in ("clustered_fedprox", "fedprox") and o.get("mu", 0.01) <= 0:
+        problems.append(f"method.options.mu must be > 0 with collaboration = {collab!r}")
+    if "support_fraction" in o and not 0 < o["support_fraction"] < 1:
+        problems.append(
+            f"method.options.support_fraction must be in (0, 1); got {o['support_fraction']!r}"
+        )
+    return problems
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin is dict:
+        return isinstance(value, Mapping)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    return True
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is not None:
+        return str(typing.get_origin(tp).__name__)
+    return str(getattr(tp, "__name__", tp))
+
+
+def _from_mapping(
+    cls: Any, options: Mapping[str, Any], extra: typing.Callable[[Mapping[str, Any]], list[str]]
+) -> Any:
+    """Shared validation of a method-options dataclass (also used by LCFT)."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    problems = []
+    unknown = sorted(set(options) - known)
+    if unknown:
+        problems.append(
+            "unknown key(s) "
+            + ", ".join(f"method.options.{u}" for u in unknown)
+            + f"; valid keys: {', '.join(sorted(known))}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in known:
+            continue
+        tp = hints[name]
+        if not _type_ok(value, tp):
+            problems.append(f"method.options.{name} must be {_describe(tp)}; got {value!r}")
+            continue
+        if tp is float:
+            value = float(value)
+        elif typing.get_origin(tp) is dict:
+            value = dict(value)
+        elif typing.get_origin(tp) in (list, tuple):
+            value = tuple(value)
+        kwargs[name] = value
+    if not problems:
+        problems.extend(extra(kwargs))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cls(**kwargs)
