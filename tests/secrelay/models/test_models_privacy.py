@@ -230,3 +230,32 @@ def test_flat_layout_is_unchanged_by_opacus_wrapping(
     module = _one_private_step(model, x, y, mode="ghost", noise_multiplier=0.5, max_grad_norm=1.0)
     assert flat_parameter_slices(module) == slices
     assert torch.equal(flatten_parameters(module), flatten_parameters(model))
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [
+        ("dnn", {"layer_norm": True}),
+        ("deepfm", {"layer_norm": True}),
+        ("dcnv2", {"low_rank": 2, "num_experts": 2, "structure": "stacked"}),
+        ("dcnv2", {"structure": "crossnet_only", "hidden_units": ()}),
+    ],
+)
+def test_noiseless_private_step_for_variants(
+    multi_schema: Schema,
+    random_batch: Callable[..., Batch],
+    small_model: Callable[..., CTRModel],
+    name: str,
+    overrides: dict[str, object],
+    mode: str,
+) -> None:
+    """LayerNorm (no ghost norm sampler in Opacus) and the DCN-Mix experts, both modes."""
+    model = small_model(name, multi_schema, seed=5, embedding_dim=3, **overrides)
+    x, y = random_batch(multi_schema, 8, seed=5)
+    per_sample = reference_per_sample_grads(model, x, y)
+    expected = reference_clipped_mean(per_sample, 0.01)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    _one_private_step(model, x, y, mode=mode, noise_multiplier=0.0, max_grad_norm=0.01)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(before[k] - p.detach(), expected[k], atol=1e-6, rtol=1e-4)
