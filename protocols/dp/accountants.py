@@ -40,8 +40,16 @@ from typing import ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
-from opacus.accountants import PRVAccountant as _OpacusPRV
 from opacus.accountants.analysis import rdp as _opacus_rdp
+from opacus.accountants.analysis.prv import (
+    Domain,
+    PoissonSubsampledGaussianPRV,
+    TruncatedPrivacyRandomVariable,
+    compose_heterogeneous,
+    compute_safe_domain_size,
+    discretize,
+)
+from scipy import optimize, special
 
 from protocols.dp._validation import check_int, check_real
 from protocols.dp.events import (
@@ -184,6 +192,25 @@ def _rdp_to_epsilon(orders: NDArray[np.float64], rdp: NDArray[np.float64], delta
     return max(0.0, float(eps))
 
 
+def _gaussian_delta(mu: float, eps: float) -> float:
+    """δ(ε) of a Gaussian with sensitivity/σ = μ (Balle & Wang 2018, Thm. 8)."""
+    a = special.log_ndtr(-eps / mu + mu / 2.0)
+    b = eps + special.log_ndtr(-eps / mu - mu / 2.0)
+    return float(np.exp(a) - np.exp(b)) if a > b else 0.0
+
+
+def _gaussian_epsilon(mu: float, delta: float) -> float:
+    """Exact ε(δ) of the Gaussian mechanism with μ = Δ/σ (analytic Gaussian)."""
+    if _gaussian_delta(mu, 0.0) <= delta:
+        return 0.0
+    high = 1.0
+    while _gaussian_delta(mu, high) > delta:
+        high *= 2.0
+    root = optimize.brentq(lambda e: _gaussian_delta(mu, e) - delta, 0.0, high, xtol=1e-12)
+    # brentq brackets the root within xtol; report the upper end (a valid ε).
+    return float(root) + 1e-12
+
+
 class PrivacyAccountant(abc.ABC):
     """Accumulates events and reports the ε they spend at a given δ.
 
@@ -286,7 +313,10 @@ class PRVAccountant(PrivacyAccountant):
     eps_error:
         Width of the numerical error band on ε. ``None`` (default) is adaptive:
         0.01, refined to 0.5 % of ε (at least 1e-4) when ε < 2, so the reported
-        upper bound is within ~1 % of the true value also for small ε.
+        upper bound is within ~1 % of the true value also for small ε. The band is
+        widened when the discretisation would exceed 2**22 points (very large ε,
+        where it stays far below 1 % of ε). Should the numerical composition fail,
+        the RDP bound is reported with a :class:`PrivacyAccountingWarning`.
 
     Examples
     --------
@@ -299,6 +329,7 @@ class PRVAccountant(PrivacyAccountant):
 
     name: ClassVar[str] = "prv"
     _DELTA_SPLITS: ClassVar[tuple[float, ...]] = (0.1, 0.5, 0.9)
+    _MAX_POINTS: ClassVar[float] = float(2**22)
 
     def __init__(self, *, eps_error: float | None = None) -> None:
         super().__init__()
@@ -310,16 +341,42 @@ class PRVAccountant(PrivacyAccountant):
         self._rdp_fallback = RDPAccountant()
 
     def _prv_epsilon(self, gaussian: dict[tuple[float, float], int], delta: float) -> float:
-        history = [(z, q, n) for (q, z), n in sorted(gaussian.items())]
+        if all(q == 1.0 for q, _ in gaussian):
+            # Composed full-batch Gaussians are one Gaussian: exact, no discretisation.
+            mu = math.sqrt(math.fsum(n / z**2 for (_, z), n in gaussian.items()))
+            return _gaussian_epsilon(mu, delta)
+        history = sorted(gaussian.items())
+        prvs = [PoissonSubsampledGaussianPRV(q, z) for (q, z), _ in history]
+        counts = [n for _, n in history]
+        total = sum(counts)
+        delta_error = delta / 1000.0
+        with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+            warnings.simplefilter("ignore")
+            # Opacus: half-width max(L_rdp, eps_error) + 3 (Gopi et al., Remark 5.6).
+            l_rdp = compute_safe_domain_size(prvs, counts, 0.0, delta_error) - 3.0
 
         def run(eps_error: float) -> float:
-            acc = _OpacusPRV()
-            acc.history = list(history)
-            # q = 1 makes Opacus take log(0) on a masked branch; its RDP domain sizing
-            # warns about the alpha grid. Neither affects the result.
+            spread = math.sqrt(total * math.log(12.0 / delta_error) / 2.0)
+            half = max(l_rdp, eps_error) + 3.0
+            # Keep the grid under _MAX_POINTS by widening the error band.
+            if 2.0 * half * spread / eps_error > self._MAX_POINTS:
+                eps_error = 2.0 * (l_rdp + 3.0) * spread / self._MAX_POINTS
+                half = max(l_rdp, eps_error) + 3.0
+            domain = Domain.create_aligned(-half, half, eps_error / spread)
             with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-                warnings.simplefilter("ignore")
-                return float(acc.get_epsilon(delta, eps_error=eps_error))
+                warnings.simplefilter("ignore")  # q -> 1 takes log(0) on a masked branch
+                dprvs = [
+                    discretize(
+                        TruncatedPrivacyRandomVariable(prv, domain.t_min, domain.t_max), domain
+                    )
+                    for prv in prvs
+                ]
+                composed = compose_heterogeneous(dprvs=dprvs, num_self_compositions=counts)
+                _, _, eps_upper = composed.compute_epsilon(delta, delta_error, eps_error)
+            eps = float(eps_upper)
+            if not math.isfinite(eps):
+                raise FloatingPointError(f"PRV returned ε = {eps}")
+            return eps
 
         try:
             if self._eps_error is not None:
