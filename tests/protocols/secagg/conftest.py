@@ -117,8 +117,9 @@ class Round:
         return self.server.result()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_round() -> Callable[..., Round]:
+    """The :class:`Round` harness class."""
     return Round
 
 

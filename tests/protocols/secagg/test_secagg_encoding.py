@@ -51,7 +51,9 @@ def test_sum_of_n_clients_never_overflows_and_error_below_n_steps(
         total = (total + enc.encode(row, rng=rng).astype(np.uint64)) % np.uint64(modulus)
     clipped = np.clip(x, -enc.clip_range, enc.clip_range).sum(axis=0)
     decoded = enc.decode_sum(total, n_summands=n)
-    assert np.all(np.abs(decoded - clipped) <= n * enc.step * (1 + 1e-9) + 1e-9 * enc.clip_range * n)
+    assert np.all(
+        np.abs(decoded - clipped) <= n * enc.step * (1 + 1e-9) + 1e-9 * enc.clip_range * n
+    )
 
 
 def test_worst_case_sum_fits_modulus_at_max_clients() -> None:
