@@ -29,6 +29,8 @@ from protocols.errors import InvalidParameterError
 from secrelay.data.dataset import CTRDataset
 from secrelay.data.schema import Schema
 from secrelay.models.base import CTRModel, make_model
+from secrelay.models.utils import flatten_parameters
+from secrelay.models.utils import load_flat_parameters as _load_flat
 from secrelay.training import TrainConfig, train_epochs
 
 __all__ = [
@@ -69,27 +71,14 @@ def single_thread() -> Iterator[None]:
 
 
 def flat_parameters(model: torch.nn.Module) -> np.ndarray:
-    """All trainable parameters as one float32 vector, in ``model.parameters()`` order."""
-    with torch.no_grad():
-        return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy().copy()
+    """All floating parameters as one float32 numpy vector (the layout of
+    :func:`secrelay.models.utils.flatten_parameters`)."""
+    return flatten_parameters(model).detach().numpy().astype(np.float32, copy=True)
 
 
 def load_flat_parameters(model: torch.nn.Module, vector: np.ndarray) -> None:
-    """Inverse of :func:`flat_parameters` (checks the length)."""
-    params = list(model.parameters())
-    total = sum(p.numel() for p in params)
-    vec = np.asarray(vector, dtype=np.float32).ravel()
-    if vec.size != total:
-        raise InvalidParameterError(
-            f"parameter vector has {vec.size} entries; the model has {total}"
-        )
-    t = torch.from_numpy(vec.copy())
-    offset = 0
-    with torch.no_grad():
-        for p in params:
-            n = p.numel()
-            p.copy_(t[offset : offset + n].view_as(p))
-            offset += n
+    """Inverse of :func:`flat_parameters`; validates length and finiteness first."""
+    _load_flat(model, np.asarray(vector, dtype=np.float32))
 
 
 @dataclass(frozen=True)
