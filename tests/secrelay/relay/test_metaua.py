@@ -160,13 +160,13 @@ def test_normalised_attributes_are_bounded():
 
 
 def test_options_validation_names_keys():
-    with pytest.raises(ConfigError, match="method.options.attributes"):
+    with pytest.raises(ConfigError, match=r"method\.options\.attributes"):
         MetaUAOptions.from_mapping({"attributes": ["shoe_size"]})
-    with pytest.raises(ConfigError, match="method.options.meta_lr"):
+    with pytest.raises(ConfigError, match=r"method\.options\.meta_lr"):
         MetaUAOptions.from_mapping({"meta_lr": 0})
-    with pytest.raises(ConfigError, match="method.options.server_scale_init"):
+    with pytest.raises(ConfigError, match=r"method\.options\.server_scale_init"):
         MetaUAOptions.from_mapping({"server_scale_init": 1.0})
-    with pytest.raises(ConfigError, match="method.options.bogus"):
+    with pytest.raises(ConfigError, match=r"method\.options\.bogus"):
         MetaUAOptions.from_mapping({"bogus": 1})
     assert MetaUAOptions.from_mapping({"attributes": "positive_rate"}).attributes == (
         "positive_rate",

@@ -1,0 +1,467 @@
+"""CoDA: on-device learning with cloud-coordinated data augmentation (method 3).
+
+The method ``method.name = "coda"`` runs the whole pipeline once per device:
+
+1. cloud (:mod:`secrelay.relay.coda_cloud`): train the cloud CTR model M0 on the
+   pre-regulation data; build the pool users' vectors (mean of one feature over
+   their samples) and a KNN index; keep the pool in a deduplicated sample store;
+2. device → cloud: the device's own vector, computed from its local samples, in
+   a ``QueryMessage``; cloud → device: the K nearest pool users' samples in
+   batches (≤ 12 a day), each a zlib + base64 ``ReplyMessage`` blob;
+3. device (:mod:`secrelay.relay.coda_device`): decode the batches into its
+   bounded matched-sample table, filter them with the personalized classifier
+   (Algorithm 2, threshold σ), and fine-tune M0 on local + kept samples with
+   validation-gated mini-batch updates (Algorithm 3); publish the result as M.
+
+Each run also scores, on the same devices, the baselines **Cloud** (M0 without
+fine-tuning) and **Local** (plain fine-tuning of M0 on the local samples), the
+ablation **Local+gate** (Algorithm 3 without matched samples) and every σ in
+``sigma_sweep``, so that one run fills a row of the results table.
+
+Options (``[method.options]``) are documented on :class:`CoDAOptions`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from protocols.errors import ConfigError, InvalidParameterError
+from secrelay.data.dataset import CTRDataset
+from secrelay.experiment import Method, make_train_config, register_method, train_cloud_model
+from secrelay.federated.client import (
+    DeviceData,
+    flat_parameters,
+    load_flat_parameters,
+    single_thread,
+)
+from secrelay.federated.messages import SERVER, QueryMessage, ReplyMessage
+from secrelay.metrics import Metrics, evaluate_predictions
+from secrelay.relay.coda_cloud import (
+    BATCH_TOPIC,
+    CloudSampleStore,
+    KNNMatcher,
+    VectorMode,
+    decode_payload,
+    default_user_feature,
+    field_embedding_table,
+    match_reply,
+    match_request,
+    user_vectors,
+)
+from secrelay.relay.coda_device import ModelStore, SampleTable, filter_matched, gated_train
+from secrelay.training import TrainConfig, predict, train_epochs
+
+__all__ = ["CoDADevice", "CoDAMethod", "CoDAOptions"]
+
+
+@dataclass(frozen=True)
+class CoDAOptions:
+    """``[method.options]`` of ``method.name = "coda"``.
+
+    Parameters
+    ----------
+    k:
+        Matched pool users per device (paper: 100).
+    sigma:
+        Classifier threshold σ in [0, 1]: matched samples with p(local) ≥ σ are
+        kept (paper: 0.2; 0 keeps every matched sample).
+    sigma_sweep:
+        Further σ values scored in the same run (``sigma_<σ>/gauc`` ...).
+    user_feature:
+        Field whose per-user mean is the user vector ("" = the first
+        multi-valued item field, else the smallest item field).
+    vector_mode:
+        ``"onehot"`` (mean one-hot) or ``"embedding"`` (mean cloud-model embedding).
+    classifier_fraction:
+        Fraction of the matched samples used as the classifier's negatives (1/3).
+    classifier_epochs, classifier_lr:
+        Adam training of the classifier.
+    validation_fraction:
+        Latest fraction of the local training rows held out for the gate.
+    batch_size, max_batch_size, max_batches_per_day, days:
+        Transfer limits (25, 40, 12) and the number of simulated days of fetching.
+    local_capacity, matched_capacity, ttl_days:
+        On-device table sizes (rows) and row lifetime (days).
+    max_devices:
+        Score a random subset of this many devices (0 = all), for sweeps.
+    """
+
+    k: int = 100
+    sigma: float = 0.2
+    sigma_sweep: tuple[float, ...] = ()
+    user_feature: str = ""
+    vector_mode: VectorMode = "onehot"
+    classifier_fraction: float = 1 / 3
+    classifier_epochs: int = 5
+    classifier_lr: float = 0.01
+    validation_fraction: float = 0.2
+    batch_size: int = 25
+    max_batch_size: int = 40
+    max_batches_per_day: int = 12
+    days: int = 1
+    local_capacity: int = 5000
+    matched_capacity: int = 2000
+    ttl_days: int = 30
+    max_devices: int = 0
+
+    def __post_init__(self) -> None:
+        p: list[str] = []
+        object.__setattr__(self, "sigma_sweep", tuple(float(s) for s in self.sigma_sweep))
+
+        def need(cond: bool, key: str, what: str) -> None:
+            if not cond:
+                p.append(f"method.options.{key} must be {what}; got {getattr(self, key)!r}")
+
+        for key in (
+            "k",
+            "classifier_epochs",
+            "batch_size",
+            "max_batch_size",
+            "max_batches_per_day",
+            "days",
+            "local_capacity",
+            "matched_capacity",
+            "ttl_days",
+        ):
+            v = getattr(self, key)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, key, "an int >= 1")
+        need(
+            isinstance(self.max_devices, int) and self.max_devices >= 0,
+            "max_devices",
+            "an int >= 0",
+        )
+        need(0 <= self.sigma <= 1, "sigma", "in [0, 1]")
+        need(
+            all(0 <= s <= 1 for s in self.sigma_sweep), "sigma_sweep", "a list of values in [0, 1]"
+        )
+        need(0 < self.classifier_fraction <= 1, "classifier_fraction", "in (0, 1]")
+        need(0 < self.validation_fraction < 1, "validation_fraction", "in (0, 1)")
+        need(self.classifier_lr > 0, "classifier_lr", "> 0")
+        need(self.vector_mode in ("onehot", "embedding"), "vector_mode", "'onehot' or 'embedding'")
+        if isinstance(self.batch_size, int) and isinstance(self.max_batch_size, int):
+            need(self.max_batch_size >= self.batch_size, "max_batch_size", ">= batch_size")
+        if p:
+            raise ConfigError("; ".join(p))
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> CoDAOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {', '.join('method.options.' + u for u in unknown)} for method "
+                f"'coda'; valid keys: {', '.join(sorted(known))}"
+            )
+        kw = dict(options)
+        for key in ("sigma", "classifier_fraction", "classifier_lr", "validation_fraction"):
+            if isinstance(kw.get(key), int) and not isinstance(kw[key], bool):
+                kw[key] = float(kw[key])
+        if "sigma_sweep" in kw:
+            kw["sigma_sweep"] = tuple(kw["sigma_sweep"])
+        try:
+            return cls(**kw)
+        except TypeError as e:
+            raise ConfigError(f"method.options for 'coda': {e}") from None
+
+
+class CoDADevice:
+    """One device's CoDA state: sample tables, model versions, and its learning.
+
+    Parameters
+    ----------
+    data:
+        The device's own data (train = local samples, test = its later rows).
+    initial:
+        The downloaded cloud model M0 (flat parameters).
+    """
+
+    def __init__(
+        self,
+        data: DeviceData,
+        initial: np.ndarray,
+        options: CoDAOptions,
+        *,
+        model_builder: Any,
+        train_config: TrainConfig,
+        seed: int,
+    ) -> None:
+        self.data = data
+        self.options = options
+        self.schema = data.train.schema
+        self.models = ModelStore(initial)
+        self.local = SampleTable(capacity=options.local_capacity, ttl_days=options.ttl_days)
+        self.matched = SampleTable(capacity=options.matched_capacity, ttl_days=options.ttl_days)
+        ids = np.arange(len(data.train))
+        self.local.insert(ids, data.train.x, data.train.y, day=0)
+        self._build = model_builder
+        self.train_config = train_config
+        self.seed = seed
+        self.payload_bytes = 0
+
+    def user_vector(self, feature: str, embedding: np.ndarray | None) -> np.ndarray:
+        """The device's own user vector, from its local samples (never sent in the
+        clear once the CKKS layer wraps the request)."""
+        _, vecs = user_vectors(
+            self.data.train, feature, mode=self.options.vector_mode, embedding=embedding
+        )
+        vec: np.ndarray = vecs[0]
+        return vec
+
+    def receive(self, reply: ReplyMessage, *, day: int) -> int:
+        """Decode a batch payload into the matched table; returns rows received."""
+        if reply.topic != BATCH_TOPIC:
+            raise InvalidParameterError(f"expected a {BATCH_TOPIC!r} reply; got {reply.topic!r}")
+        batch = decode_payload(reply.blob, n_columns=self.schema.n_columns)
+        self.payload_bytes += len(reply.blob)
+        self.matched.insert(batch.sample_ids, batch.x, batch.y, day=day)
+        return len(batch.sample_ids)
+
+    def _dataset(self, x: np.ndarray, y: np.ndarray) -> CTRDataset:
+        n = len(y)
+        return CTRDataset(
+            self.schema,
+            x.reshape(n, self.schema.n_columns),
+            y,
+            np.full(n, self.data.device_id),
+            np.zeros(n, np.int64),
+        )
+
+    def _fresh(self) -> torch.nn.Module:
+        model: torch.nn.Module = self._build()
+        load_flat_parameters(model, self.models.m0)
+        return model
+
+    def learn(self, sigmas: tuple[float, ...]) -> dict[str, Any]:
+        """Algorithms 2 and 3 for every σ; the first σ's model is committed as M.
+
+        Returns the test predictions of every variant and bookkeeping.
+        """
+        o = self.options
+        _, lx, ly = self.local.arrays()
+        local = self._dataset(lx, ly)
+        n = len(local)
+        n_val = min(max(round(o.validation_fraction * n), 1), n - 1) if n >= 2 else 0
+        fit, val = local.subset(np.arange(n - n_val)), local.subset(np.arange(n - n_val, n))
+        _, mx, my = self.matched.arrays()
+        matched = self._dataset(mx, my) if len(my) else local.subset(np.zeros(0, np.int64))
+        test = self.data.test
+        out: dict[str, Any] = {"n_matched": len(matched)}
+
+        def g(k: int) -> torch.Generator:
+            return torch.Generator().manual_seed(self.seed + k)
+
+        with single_thread():
+            torch.manual_seed(self.seed)
+            # Baselines: Local (plain fine-tuning on every local row) and Local+gate.
+            model = self._fresh()
+            train_epochs(model, local, self.train_config, generator=g(1))
+            out["local"] = predict(model, test)
+            if n_val:
+                model = self._fresh()
+                gated_train(model, fit, val, self.train_config, generator=g(2))
+                out["local_gate"] = predict(model, test)
+            else:
+                out["local_gate"] = out["local"]
+            cfg = TrainConfig(epochs=o.classifier_epochs, batch_size=32, lr=o.classifier_lr)
+            if len(matched):
+                _, scores = filter_matched(
+                    local,
+                    matched,
+                    sigma=0.0,
+                    train_fraction=o.classifier_fraction,
+                    config=cfg,
+                    seed=self.seed,
+                )
+            else:
+                scores = np.zeros(0)
+            for i, sigma in enumerate(sigmas):
+                keep = scores >= sigma
+                out[f"kept/{sigma:g}"] = int(keep.sum())
+                if n_val == 0:
+                    out[f"sigma/{sigma:g}"] = out["local"]
+                    continue
+                train = CTRDataset.concat([fit, matched.subset(np.flatnonzero(keep))])
+                buf_model = self._fresh()
+                res = gated_train(buf_model, train, val, self.train_config, generator=g(3))
+                out[f"sigma/{sigma:g}"] = predict(buf_model, test)
+                out[f"accepted/{sigma:g}"] = res.accepted
+                out[f"rejected/{sigma:g}"] = res.rejected
+                if i == 0:
+                    self.models.buffer()[:] = flat_parameters(buf_model)
+                    self.models.commit()
+        return out
+
+
+class CoDAMethod(Method):
+    """``method.name = "coda"``: one pass of CoDA over the devices (module docstring)."""
+
+    name = "coda"
+
+    def setup(self) -> None:
+        cfg = self.ctx.config
+        self.options = CoDAOptions.from_mapping(cfg.method.options)
+        self.cloud_vec = train_cloud_model(
+            self.ctx.model_spec,
+            self.ctx.data.cloud,
+            make_train_config(cfg.cloud),
+            seed=self.ctx.seed,
+        )
+        self.results: dict[str, np.ndarray] = {}
+        self.extra: dict[str, Any] = {}
+
+    def _devices(self) -> list[int]:
+        ids = sorted(d for d, dd in self.ctx.data.devices.items() if len(dd.test))
+        n = self.options.max_devices
+        if n and n < len(ids):
+            rng = np.random.default_rng(np.random.SeedSequence([self.ctx.seed, 31]))
+            ids = sorted(int(i) for i in rng.choice(ids, size=n, replace=False))
+        return ids
+
+    def num_rounds(self) -> int:
+        return 1
+
+    def _feature(self) -> str:
+        schema = self.ctx.data.full.schema
+        f = self.options.user_feature or default_user_feature(schema)
+        if f not in schema:
+            raise ConfigError(
+                f"method.options.user_feature {f!r} is not a field of {list(schema.names)}"
+            )
+        return f
+
+    def run_round(self, round: int) -> dict[str, Any]:
+        o = self.options
+        t0 = time.perf_counter()
+        schema = self.ctx.data.full.schema
+        feature = self._feature()
+        emb = None
+        if o.vector_mode == "embedding":
+            model = self.ctx.model_spec.build()
+            load_flat_parameters(model, self.cloud_vec)
+            table = model.embedding.embedding.weight.detach().numpy()
+            emb = field_embedding_table(table, schema, feature)
+        cloud = self.ctx.data.cloud
+        pool_users, pool_vecs = user_vectors(cloud, feature, mode=o.vector_mode, embedding=emb)
+        t_index = time.perf_counter()
+        matcher = KNNMatcher(pool_users, pool_vecs)
+        store = CloudSampleStore(
+            cloud,
+            batch_size=o.batch_size,
+            max_batch_size=o.max_batch_size,
+            max_batches_per_day=o.max_batches_per_day,
+        )
+        index_s = time.perf_counter() - t_index
+        sigmas = (o.sigma, *[s for s in o.sigma_sweep if s != o.sigma])
+        train_cfg = make_train_config(self.ctx.config.local)
+        preds: dict[str, list[np.ndarray]] = {}
+        ys, gs = [], []
+        counters: dict[str, float] = {}
+        channel = self.ctx.channel
+        match_s = 0.0
+        for dev in self._devices():
+            data = self.ctx.data.devices[dev]
+            seed = int(np.random.SeedSequence([self.ctx.seed, dev, 5]).generate_state(1)[0] % 2**31)
+            device = CoDADevice(
+                data,
+                self.cloud_vec,
+                o,
+                model_builder=self.ctx.model_spec.build,
+                train_config=train_cfg,
+                seed=seed,
+            )
+            req = channel.send(match_request(dev, round, device.user_vector(feature, emb)))
+            assert isinstance(req, QueryMessage)
+            t_m = time.perf_counter()
+            replies = match_reply(req, store, matcher, k=o.k, day=0)
+            match_s += time.perf_counter() - t_m
+            for day in range(o.days):
+                if day > 0:
+                    replies = [
+                        ReplyMessage(
+                            sender=SERVER,
+                            receiver=dev,
+                            round=round,
+                            topic=BATCH_TOPIC,
+                            arrays={"batch_id": np.array([b])},
+                            blob=blob,
+                        )
+                        for b, blob in store.fetch(dev, day)
+                    ]
+                for r in replies:
+                    delivered = channel.send(r)
+                    assert isinstance(delivered, ReplyMessage)
+                    device.receive(delivered, day=day)
+                device.matched.expire(day)
+            out = device.learn(sigmas)
+            counters["payload_bytes"] = counters.get("payload_bytes", 0) + device.payload_bytes
+            for key, v in out.items():
+                if isinstance(v, np.ndarray):
+                    preds.setdefault(key, []).append(v)
+                else:
+                    counters[key] = counters.get(key, 0) + float(v)
+            model = self.ctx.model_spec.build()
+            load_flat_parameters(model, self.cloud_vec)
+            preds.setdefault("cloud", []).append(predict(model, data.test))
+            ys.append(data.test.y)
+            gs.append(data.test.user)
+        y, grp = np.concatenate(ys), np.concatenate(gs)
+        self.results = {k: np.concatenate(v) for k, v in preds.items()}
+        self.results["__y"], self.results["__g"] = y, grp
+        # Payload compression on what was actually served.
+        raw = sum(
+            8 * b.size + (4 * schema.n_columns + 1) * b.size for b in store.batch_samples.values()
+        )
+        n_dev = len(ys)
+        rec: dict[str, Any] = {"round": round, "devices": n_dev, "feature": feature}
+        for key, p in self.results.items():
+            if key.startswith("__"):
+                continue
+            m = evaluate_predictions(y, p, grp)
+            name = key.replace("sigma/", "sigma_")
+            rec.update({f"{name}/auc": m.auc, f"{name}/gauc": m.gauc, f"{name}/logloss": m.logloss})
+        main = evaluate_predictions(y, self.results[f"sigma/{o.sigma:g}"], grp)
+        rec.update(main.as_dict())
+        rec.update({k.replace("/", "_"): v / n_dev for k, v in counters.items()})
+        rec.update(
+            {f"store/{k}": v for k, v in store.stats().items()}
+            | {
+                "payload_raw_bytes_total": raw,
+                "payload_bytes_total": counters.get("payload_bytes", 0),
+                "index_seconds": index_s,
+                "match_seconds": match_s,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        self.extra = rec
+        return rec
+
+    def evaluate(self) -> Metrics:
+        o = self.options
+        if not self.results:
+            model = self.ctx.model_spec.build()
+            load_flat_parameters(model, self.cloud_vec)
+            tests = [self.ctx.data.devices[d].test for d in self._devices()]
+            test = CTRDataset.concat(tests)
+            return evaluate_predictions(test.y, predict(model, test), test.user)
+        return evaluate_predictions(
+            self.results["__y"], self.results[f"sigma/{o.sigma:g}"], self.results["__g"]
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cloud": self.cloud_vec, "results": dict(self.results), "extra": dict(self.extra)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.options = CoDAOptions.from_mapping(self.ctx.config.method.options)
+        self.cloud_vec = np.asarray(state["cloud"])
+        self.results = dict(state["results"])
+        self.extra = dict(state["extra"])
+
+
+register_method(CoDAMethod)
