@@ -35,7 +35,7 @@ import base64
 import binascii
 import json
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -482,9 +482,3 @@ def match_reply(
         )
         for bid, blob in store.fetch(request.sender, day)
     ]
-
-
-def payload_sizes(messages: Mapping[int, bytes] | Sequence[bytes]) -> int:
-    """Total bytes of some payloads."""
-    vals = messages.values() if isinstance(messages, Mapping) else messages
-    return int(sum(len(b) for b in vals))

@@ -398,3 +398,20 @@ def test_user_vectors_on_synthetic_have_the_feature_vocabulary():
     users, v = user_vectors(ds, "category")
     assert users.size == 10 and v.shape == (10, ds.schema["category"].vocab_size - 1)
     np.testing.assert_allclose(v.sum(1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_knn_scales_to_100k_users():
+    """100k synthetic pool users: index + 200 queries at K = 100 within a minute,
+    and the answers equal brute-force search."""
+    ds = make_synthetic(n_users=100_000, samples_per_user=10, n_items=2000, n_categories=16)
+    t = time.perf_counter()
+    users, v = user_vectors(ds, "category")
+    m = KNNMatcher(users, v)
+    got = m.match(v[:200], k=100)
+    assert time.perf_counter() - t < 60
+    ref = KNNMatcher(users, v, algorithm="brute").match(v[:200], k=100)
+    # ties between equidistant users may be ordered differently: compare distances
+    d_got = np.linalg.norm(v[users.searchsorted(got)] - v[:200, None], axis=-1)
+    d_ref = np.linalg.norm(v[users.searchsorted(ref)] - v[:200, None], axis=-1)
+    np.testing.assert_allclose(d_got, d_ref, atol=1e-5)
