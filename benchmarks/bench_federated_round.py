@@ -21,7 +21,9 @@ from secrelay.federated.loop import FederatedLoop, RoundConfig
 from secrelay.federated.strategies import FedAvg
 from secrelay.training import TrainConfig
 
-ML100K = Path(os.environ.get("SECRELAY_ML100K", Path(__file__).resolve().parents[2] / "shared/data/ml-100k"))
+ML100K = Path(
+    os.environ.get("SECRELAY_ML100K", Path(__file__).resolve().parents[2] / "shared/data/ml-100k")
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +46,12 @@ def test_fedavg_round_25_dnn_devices(benchmark, setup, executor):
     )
     ex = SequentialExecutor() if executor == "sequential" else ProcessPoolExecutor(2)
     loop = FederatedLoop(
-        strategy, program, data.devices, spec,
-        config=RoundConfig(clients_per_round=25), executor=ex,
+        strategy,
+        program,
+        data.devices,
+        spec,
+        config=RoundConfig(clients_per_round=25),
+        executor=ex,
     )
     loop.start()
     counter = iter(range(1, 10_000))

@@ -38,7 +38,7 @@ def split_for_centralized(
         return sp.train, sp.test
     if split == "random":
         order = np.random.default_rng(seed).permutation(len(ds))
-        cut = int(round(train_fraction * len(ds)))
+        cut = round(train_fraction * len(ds))
         return ds.subset(np.sort(order[:cut])), ds.subset(np.sort(order[cut:]))
     raise InvalidParameterError(f"`split` must be 'temporal' or 'random'; got {split!r}")
 
@@ -76,7 +76,7 @@ def train_centralized(
     ds = dataset if dataset is not None else load_dataset(data, path)
     train_all, test = split_for_centralized(ds, split=split, seed=seed)
     order = _time_order(train_all)
-    cut = int(round((1 - valid_fraction) * len(train_all)))
+    cut = round((1 - valid_fraction) * len(train_all))
     train, valid = train_all.subset(np.sort(order[:cut])), train_all.subset(np.sort(order[cut:]))
     log(f"{data}: {len(train)} train / {len(valid)} validation / {len(test)} test rows")
     torch.manual_seed(seed)

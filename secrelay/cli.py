@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -71,17 +71,27 @@ def _metrics_table(title: str, rows: list[tuple[str, dict[str, object]]]) -> Tab
 
 @app.command()
 def train(
-    model: Annotated[str, typer.Option(help="Model: lr, dnn, widedeep, deepfm, dcnv2, xdeepfm.")] = "deepfm",
-    data: Annotated[str, typer.Option(help="Data set: synthetic, movielens100k, libfm, csv, parquet.")] = "synthetic",
-    path: Annotated[Optional[str], typer.Option(help="Data directory or file.")] = None,
-    split: Annotated[str, typer.Option(help="temporal (global 80/20 by time) or random.")] = "temporal",
+    model: Annotated[
+        str, typer.Option(help="Model: lr, dnn, widedeep, deepfm, dcnv2, xdeepfm.")
+    ] = "deepfm",
+    data: Annotated[
+        str, typer.Option(help="Data set: synthetic, movielens100k, libfm, csv, parquet.")
+    ] = "synthetic",
+    path: Annotated[str | None, typer.Option(help="Data directory or file.")] = None,
+    split: Annotated[
+        str, typer.Option(help="temporal (global 80/20 by time) or random.")
+    ] = "temporal",
     epochs: Annotated[int, typer.Option(help="Maximum training epochs.")] = 10,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 256,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     embedding_dim: Annotated[int, typer.Option(help="Embedding size per field.")] = 16,
-    patience: Annotated[int, typer.Option(help="Early stopping patience (epochs) on a validation slice.")] = 2,
+    patience: Annotated[
+        int, typer.Option(help="Early stopping patience (epochs) on a validation slice.")
+    ] = 2,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics here.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the metrics here.")
+    ] = None,
 ) -> None:
     """Centralized training of one CTR model (baselines, the oracle); prints AUC/logloss/gAUC."""
     from secrelay.centralized import train_centralized
@@ -117,12 +127,20 @@ def train(
 @app.command(name="run")
 def run_cmd(
     config: Annotated[Path, typer.Argument(help="TOML configuration file.")],
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<run.name>).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in the directory.")] = False,
-    rounds: Annotated[Optional[int], typer.Option(help="Override federated.rounds.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Override run.seed.")] = None,
-    data_path: Annotated[Optional[str], typer.Option("--data-path", help="Override data.path.")] = None,
-    stop_after: Annotated[Optional[int], typer.Option(help="Stop after this round (resumable).")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default runs/<run.name>).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing run in the directory.")
+    ] = False,
+    rounds: Annotated[int | None, typer.Option(help="Override federated.rounds.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override run.seed.")] = None,
+    data_path: Annotated[
+        str | None, typer.Option("--data-path", help="Override data.path.")
+    ] = None,
+    stop_after: Annotated[
+        int | None, typer.Option(help="Stop after this round (resumable).")
+    ] = None,
 ) -> None:
     """Run a federated / relay experiment from a TOML config (progress bar, JSON-lines metrics)."""
     from secrelay.config import load_config
@@ -138,7 +156,9 @@ def run_cmd(
             overrides["data"] = {"path": data_path}
         cfg = load_config(config, **overrides)
         rd = out_dir or Path("runs") / cfg.run.name
-        result = run(cfg, rd, overwrite=overwrite, log=lambda s: console.print(s), stop_after=stop_after)
+        result = run(
+            cfg, rd, overwrite=overwrite, log=lambda s: console.print(s), stop_after=stop_after
+        )
     except SecrelayError as e:
         _fail(e)
         return
@@ -148,7 +168,9 @@ def run_cmd(
 @app.command()
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="Run directory holding checkpoint.pt.")],
-    stop_after: Annotated[Optional[int], typer.Option(help="Stop after this round (resumable).")] = None,
+    stop_after: Annotated[
+        int | None, typer.Option(help="Stop after this round (resumable).")
+    ] = None,
 ) -> None:
     """Continue a checkpointed run."""
     from secrelay.experiment import resume as resume_run
@@ -174,8 +196,10 @@ def _report(result: object) -> None:
 
 @app.command()
 def demo(
-    data: Annotated[str, typer.Option(help="synthetic (embedded default) or movielens100k.")] = "synthetic",
-    path: Annotated[Optional[str], typer.Option(help="Data directory (movielens100k).")] = None,
+    data: Annotated[
+        str, typer.Option(help="synthetic (embedded default) or movielens100k.")
+    ] = "synthetic",
+    path: Annotated[str | None, typer.Option(help="Data directory (movielens100k).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/demo"),
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 10,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,

@@ -203,7 +203,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        return _build(cls, "", data)
+        built: RunConfig = _build(cls, "", data)
+        return built
 
     def replace(self, **sections: Mapping[str, Any]) -> RunConfig:
         """A copy with some keys changed: ``cfg.replace(federated={"rounds": 3})``."""

@@ -30,7 +30,7 @@ def run_demo(
 ) -> dict[str, dict[str, object]]:
     """Run the demo pipelines into ``out_dir`` and print a comparison table."""
     con = console or Console()
-    base = {
+    base: dict[str, dict[str, object]] = {
         "run": {"seed": seed, "executor": "sequential"},
         "data": {"name": data, "path": path or ""},
         "federated": {"rounds": rounds, "clients_per_round": 25},
@@ -39,12 +39,13 @@ def run_demo(
         "local": {"epochs": 5, "batch_size": 32, "lr": 1e-3},
     }
     rows: dict[str, dict[str, object]] = {}
-    plans = [
+    plans: list[tuple[str, dict[str, dict[str, object]]]] = [
         ("standalone fine-tuning", {"strategy": {"name": "standalone"}}),
         ("federated relay (FedAvg)", {"strategy": {"name": "fedavg"}}),
     ]
     for label, extra in plans:
-        cfg = load_config(**base, **extra, run={**base["run"], "name": label.split()[0]})
+        sections = {**base, **extra, "run": {**base["run"], "name": label.split()[0]}}
+        cfg = load_config(None, **sections)
         con.print(f"[bold]{label}[/]")
         res = run(cfg, out_dir / cfg.run.name, overwrite=True, log=lambda s: con.print(f"  {s}"))
         rows.setdefault("cloud model only", res.records[0])
@@ -54,7 +55,11 @@ def run_demo(
         table.add_column(col)
     for label, m in rows.items():
         table.add_row(
-            label, *(f"{m[k]:.4f}" if isinstance(m.get(k), float) else "n/a" for k in ("gauc", "auc", "logloss"))
+            label,
+            *(
+                f"{m[k]:.4f}" if isinstance(m.get(k), float) else "n/a"
+                for k in ("gauc", "auc", "logloss")
+            ),
         )
     con.print(table)
     con.print(f"run directories under {out_dir}")

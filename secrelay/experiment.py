@@ -215,7 +215,10 @@ class FederatedMethod(Method):
         cfg = self.ctx.config
         self.strategy = make_strategy(cfg.strategy.name, **cfg.strategy.params)
         cloud_vec = train_cloud_model(
-            self.ctx.model_spec, self.ctx.data.cloud, make_train_config(cfg.cloud), seed=self.ctx.seed
+            self.ctx.model_spec,
+            self.ctx.data.cloud,
+            make_train_config(cfg.cloud),
+            seed=self.ctx.seed,
         )
         self.strategy.initialize({"global": cloud_vec})
         self._build_loop()
@@ -301,7 +304,9 @@ def _make_method(config: RunConfig, ctx: RunContext) -> Method:
     return METHOD_REGISTRY[name](ctx)
 
 
-def _metrics_record(round: int, m: Metrics, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def _metrics_record(
+    round: int, m: Metrics, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     return {"round": round, **m.as_dict(), **(extra or {})}
 
 
@@ -386,7 +391,9 @@ def _execute(
                 records.append(rec)
                 _save(run_dir, method, t, records)
                 status = " ".join(
-                    f"{k}={rec[k]:.4f}" for k in ("gauc", "auc", "logloss") if rec.get(k) is not None
+                    f"{k}={rec[k]:.4f}"
+                    for k in ("gauc", "auc", "logloss")
+                    if rec.get(k) is not None
                 )
                 bar.update(task, advance=1, status=status)
                 if stop_after is not None and t >= stop_after:

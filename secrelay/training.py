@@ -167,7 +167,7 @@ def train_epochs(
             if config.prox_mu > 0 and reference is not None:
                 prox = sum(((p - r) ** 2).sum() for p, r in zip(params, reference))
                 loss = loss + 0.5 * config.prox_mu * prox
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             steps += 1
             samples += len(idx)

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BANNED = {"protocols": {"secrelay", "attacks", "benchmarks", "tests"}, "secrelay": {"attacks", "benchmarks", "tests"}}
+BANNED = {
+    "protocols": {"secrelay", "attacks", "benchmarks", "tests"},
+    "secrelay": {"attacks", "benchmarks", "tests"},
+}
 
 
 def _imports(path: Path) -> list[str]:

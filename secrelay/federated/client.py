@@ -78,7 +78,7 @@ def flat_parameters(model: torch.nn.Module) -> np.ndarray:
 
 def load_flat_parameters(model: torch.nn.Module, vector: np.ndarray) -> None:
     """Inverse of :func:`flat_parameters`; validates length and finiteness first."""
-    _load_flat(model, np.asarray(vector, dtype=np.float32))
+    _load_flat(model, np.array(vector, dtype=np.float32, copy=True))
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,9 @@ class RoundConfig:
         if self.min_survivors < 1:
             raise InvalidParameterError(f"`min_survivors` must be >= 1; got {self.min_survivors}")
         if self.on_abort not in ("raise", "skip"):
-            raise InvalidParameterError(f"`on_abort` must be 'raise' or 'skip'; got {self.on_abort!r}")
+            raise InvalidParameterError(
+                f"`on_abort` must be 'raise' or 'skip'; got {self.on_abort!r}"
+            )
         if self.eval_every < 1:
             raise InvalidParameterError(f"`eval_every` must be >= 1; got {self.eval_every}")
 
@@ -317,7 +319,9 @@ class FederatedLoop:
             self.store.update(dev, {k: v for k, v in out.private.items() if k != "predictions"})
             if "predictions" in out.private:
                 self.personal_predictions[dev] = np.asarray(out.private["predictions"])
-        losses = [o.stats["loss"] for o in trained.values() if np.isfinite(o.stats.get("loss", np.nan))]
+        losses = [
+            o.stats["loss"] for o in trained.values() if np.isfinite(o.stats.get("loss", np.nan))
+        ]
         protocol_drops = {d: s for d, s in plan.items() if s in self.sum_protocol.stages}
         aborted = False
         server_stats: dict[str, float] = {}

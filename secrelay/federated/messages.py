@@ -89,9 +89,7 @@ class Message:
             elif isinstance(v, bytes):
                 total += len(v)
             elif isinstance(v, dict):
-                total += sum(
-                    x.nbytes if isinstance(x, np.ndarray) else 8 for x in v.values()
-                )
+                total += sum(x.nbytes if isinstance(x, np.ndarray) else 8 for x in v.values())
         return total
 
 
@@ -160,7 +158,9 @@ class AttributeReport(Message):
         super().__post_init__()
         if self.direction != "up":
             raise MessageError("AttributeReport must go from a device to the server")
-        object.__setattr__(self, "attributes", {str(k): float(v) for k, v in self.attributes.items()})
+        object.__setattr__(
+            self, "attributes", {str(k): float(v) for k, v in self.attributes.items()}
+        )
 
 
 @dataclass(frozen=True)

@@ -206,7 +206,9 @@ class Strategy(abc.ABC):
         return {"models": {k: v.copy() for k, v in self.models.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.models = {k: np.asarray(v, dtype=np.float32).copy() for k, v in state["models"].items()}
+        self.models = {
+            k: np.asarray(v, dtype=np.float32).copy() for k, v in state["models"].items()
+        }
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -335,7 +337,8 @@ class FedAdagrad(_FedOpt):
     name = "fedadagrad"
 
     def _second_moment(self, v: np.ndarray, g2: np.ndarray) -> np.ndarray:
-        return v + g2
+        out: np.ndarray = v + g2
+        return out
 
 
 class FedAdam(_FedOpt):

@@ -74,9 +74,7 @@ class Transcript:
     def server_view(self, *, round: int | None = None) -> tuple[Message, ...]:
         """Everything the server received or sent (the honest-but-curious view)."""
         return tuple(
-            m
-            for m in self.messages(round=round)
-            if m.receiver == SERVER or m.sender == SERVER
+            m for m in self.messages(round=round) if m.receiver == SERVER or m.sender == SERVER
         )
 
     def summary(self) -> dict[str, dict[str, int]]:
@@ -112,7 +110,8 @@ class Transcript:
                     head[f.name] = v
             headers.append(head)
         tmp = target.with_name(target.name + ".tmp.npz")
-        np.savez_compressed(tmp, __headers__=np.array(json.dumps(headers)), **arrays)
+        arrays["__headers__"] = np.array(json.dumps(headers))
+        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, target)
         return target
 

@@ -48,8 +48,12 @@ def test_training_is_deterministic_and_learns():
     results = []
     for _ in range(2):
         model = make_model("lr", ds.schema, embedding_dim=4, seed=0)
-        train_epochs(model, ds, TrainConfig(epochs=3, batch_size=64, lr=0.05),
-                     generator=torch.Generator().manual_seed(1))
+        train_epochs(
+            model,
+            ds,
+            TrainConfig(epochs=3, batch_size=64, lr=0.05),
+            generator=torch.Generator().manual_seed(1),
+        )
         results.append(evaluate_model(model, ds))
     assert results[0] == results[1]
     assert results[0].auc > 0.7

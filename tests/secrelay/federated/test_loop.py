@@ -9,7 +9,7 @@ from protocols.errors import ProtocolAbort
 from secrelay.federated.client import PlainTrainer
 from secrelay.federated.executor import ProcessPoolExecutor, SequentialExecutor
 from secrelay.federated.loop import FederatedLoop, RoundAborted, RoundConfig
-from secrelay.federated.messages import ContributionUpload, ModelDownload, SERVER
+from secrelay.federated.messages import SERVER, ContributionUpload, ModelDownload
 from secrelay.federated.strategies import FedAvg, make_strategy
 from secrelay.federated.transcript import Channel
 from secrelay.training import TrainConfig
@@ -21,8 +21,14 @@ def _loop(devices, spec, *, strategy="fedavg", config=None, executor=None, seed=
     trainer = PlainTrainer(TrainConfig(epochs=1, batch_size=4, lr=0.1, optimizer="sgd"))
     program = s.client_program(spec, trainer)
     return FederatedLoop(
-        s, program, devices, spec, config=config or RoundConfig(clients_per_round=4),
-        seed=seed, executor=executor, channel=Channel(),
+        s,
+        program,
+        devices,
+        spec,
+        config=config or RoundConfig(clients_per_round=4),
+        seed=seed,
+        executor=executor,
+        channel=Channel(),
     )
 
 
@@ -57,7 +63,9 @@ def test_average_equals_weighted_mean_of_transcript(devices, spec):
     ups = loop.channel.transcript.messages(kind=ContributionUpload, round=1)
     num = sum(m.contribution["delta"] for m in ups)
     den = sum(m.contribution["weight"][0] for m in ups)
-    np.testing.assert_allclose(loop.strategy.models["global"], before + num / den, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        loop.strategy.models["global"], before + num / den, rtol=1e-5, atol=1e-7
+    )
 
 
 def test_dropouts_leave_survivors_and_are_deterministic(devices, spec):
@@ -119,8 +127,12 @@ def test_sequential_and_process_pool_are_identical(devices, spec):
 def test_standalone_keeps_personal_models(devices, spec):
     s = make_strategy("standalone")
     s.initialize({"global": np.zeros(spec.num_parameters(), dtype=np.float32)})
-    program = s.client_program(spec, PlainTrainer(TrainConfig(epochs=2, batch_size=4, lr=0.5, optimizer="sgd")))
-    loop = FederatedLoop(s, program, devices, spec, config=RoundConfig(clients_per_round=len(devices)))
+    program = s.client_program(
+        spec, PlainTrainer(TrainConfig(epochs=2, batch_size=4, lr=0.5, optimizer="sgd"))
+    )
+    loop = FederatedLoop(
+        s, program, devices, spec, config=RoundConfig(clients_per_round=len(devices))
+    )
     rec = loop.run_round(1)
     assert not loop.channel.transcript.messages(kind=ContributionUpload)
     assert set(loop.personal_predictions) == set(devices)

@@ -90,7 +90,11 @@ def test_fedadam_uses_momentum_and_ema():
 def test_clustered_never_mixes_clusters():
     s = ClusteredStrategy()
     s.initialize({"a": np.zeros(2), "b": np.full(2, 10.0)})
-    results = [_result([1, 1], 1, key="a"), _result([3, 3], 3, key="a"), _result([-5, 5], 2, key="b")]
+    results = [
+        _result([1, 1], 1, key="a"),
+        _result([3, 3], 3, key="a"),
+        _result([-5, 5], 2, key="b"),
+    ]
     stats = s.aggregate(1, _sum(s, results))
     np.testing.assert_allclose(s.models["a"], [2.5, 2.5])
     np.testing.assert_allclose(s.models["b"], [5.0, 15.0])
