@@ -233,7 +233,9 @@ def select_device_key(
         rng = np.random.default_rng(np.random.SeedSequence([seed, dev, 17]))
         return keys[int(rng.integers(len(keys)))]
     if opts.selection == "optimal":
-        down = channel.send(ModelDownload(sender=SERVER, receiver=dev, round=0, models=dict(initial)))
+        down = channel.send(
+            ModelDownload(sender=SERVER, receiver=dev, round=0, models=dict(initial))
+        )
         assert isinstance(down, ModelDownload)
         model = spec.build()
         losses = []
@@ -243,24 +245,32 @@ def select_device_key(
         return keys[int(np.argmin(losses))]
     # The learned selector: the device computes p_u on its own train data.
     pub = channel.send(
-        ReplyMessage(sender=SERVER, receiver=dev, round=0, topic=ITEM_SPACE_TOPIC, arrays=item_space.arrays())
+        ReplyMessage(
+            sender=SERVER, receiver=dev, round=0, topic=ITEM_SPACE_TOPIC, arrays=item_space.arrays()
+        )
     )
     assert isinstance(pub, ReplyMessage)
     p_u = ItemSpace.from_arrays(device.train.schema, pub.arrays).preference(device.train)
     if opts.selector_path == "local":
         w = channel.send(
-            ReplyMessage(sender=SERVER, receiver=dev, round=0, topic=SELECTOR_TOPIC, arrays=selector.arrays())
+            ReplyMessage(
+                sender=SERVER, receiver=dev, round=0, topic=SELECTOR_TOPIC, arrays=selector.arrays()
+            )
         )
         assert isinstance(w, ReplyMessage)
         scores = selector_logits(SelectorWeights.from_arrays(w.arrays), p_u)
     else:
         q = channel.send(
-            QueryMessage(sender=dev, receiver=SERVER, round=0, topic=SELECT_TOPIC, arrays={"p_u": p_u})
+            QueryMessage(
+                sender=dev, receiver=SERVER, round=0, topic=SELECT_TOPIC, arrays={"p_u": p_u}
+            )
         )
         assert isinstance(q, QueryMessage)
         answer = selector_logits(selector, q.arrays["p_u"])  # server side
         r = channel.send(
-            ReplyMessage(sender=SERVER, receiver=dev, round=0, topic=SELECT_TOPIC, arrays={"scores": answer})
+            ReplyMessage(
+                sender=SERVER, receiver=dev, round=0, topic=SELECT_TOPIC, arrays={"scores": answer}
+            )
         )
         assert isinstance(r, ReplyMessage)
         scores = r.arrays["scores"]
@@ -291,9 +301,7 @@ class RelayRecMethod(Method):
             labels = cluster_users(reps, opts.num_clusters, seed=seed)
             item_space, item_labels = fit_item_space(server, cloud, opts.num_categories, seed=seed)
             by_user = cloud.by_user()
-            prefs = np.stack(
-                [item_space.preference(cloud.subset(by_user[int(u)])) for u in users]
-            )
+            prefs = np.stack([item_space.preference(cloud.subset(by_user[int(u)])) for u in users])
             selector, acc = train_selector(
                 prefs,
                 labels,
@@ -348,8 +356,13 @@ class RelayRecMethod(Method):
         self._build_loop(store)
 
     def _server_model(self) -> CTRModel:
-        kwargs = {"embedding_dim": self.ctx.config.model.embedding_dim, **self.options.server_model_options}
-        return make_model(self.options.server_model, self.ctx.model_spec.schema, seed=self.ctx.seed, **kwargs)
+        kwargs = {
+            "embedding_dim": self.ctx.config.model.embedding_dim,
+            **self.options.server_model_options,
+        }
+        return make_model(
+            self.options.server_model, self.ctx.model_spec.schema, seed=self.ctx.seed, **kwargs
+        )
 
     def _build_loop(self, store: DeviceStore) -> None:
         cfg = self.ctx.config
@@ -407,7 +420,10 @@ class RelayRecMethod(Method):
 
     # --- persistence --------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"loop": self.loop.state_dict(), "cloud_stats": json.loads(json.dumps(self.cloud_stats, default=float))}
+        return {
+            "loop": self.loop.state_dict(),
+            "cloud_stats": json.loads(json.dumps(self.cloud_stats, default=float)),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.cloud_stats = dict(state.get("cloud_stats", {}))

@@ -153,9 +153,13 @@ class MAMLConfig:
             if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
                 raise InvalidParameterError(f"`{name}` must be a finite number > 0; got {v!r}")
         if not isinstance(self.inner_steps, int) or self.inner_steps < 1:
-            raise InvalidParameterError(f"`inner_steps` must be an int >= 1; got {self.inner_steps!r}")
+            raise InvalidParameterError(
+                f"`inner_steps` must be an int >= 1; got {self.inner_steps!r}"
+            )
         if not isinstance(self.meta_epochs, int) or self.meta_epochs < 0:
-            raise InvalidParameterError(f"`meta_epochs` must be an int >= 0; got {self.meta_epochs!r}")
+            raise InvalidParameterError(
+                f"`meta_epochs` must be an int >= 0; got {self.meta_epochs!r}"
+            )
         if not isinstance(self.users_per_batch, int) or self.users_per_batch < 1:
             raise InvalidParameterError(
                 f"`users_per_batch` must be an int >= 1; got {self.users_per_batch!r}"
@@ -203,7 +207,7 @@ def make_meta_tasks(data: CTRDataset, *, support_fraction: float, seed: int) -> 
 
 def _adapt(
     model: torch.nn.Module,
-    params: dict[str, torch.Tensor],
+    params: Mapping[str, torch.Tensor],
     task: MetaTask,
     config: MAMLConfig,
 ) -> dict[str, torch.Tensor]:
@@ -242,7 +246,7 @@ def maml_step(
     for task in tasks:
         fast = _adapt(model, params, task, config)
         loss_q = soft_bce_with_logits(functional_call(model, fast, (task.x_query,)), task.y_query)
-        (loss_q / len(tasks)).backward()
+        (loss_q / len(tasks)).backward()  # type: ignore[no-untyped-call]
         total += float(loss_q.detach())
     optimizer.step()
     return total / len(tasks)

@@ -32,9 +32,7 @@ __all__ = ["RelayRecOptions"]
 Initial = Literal["multiple_meta", "multiple_normal", "single_meta", "single_normal"]
 Selection = Literal["selector", "random", "optimal"]
 SelectorPath = Literal["query", "local"]
-Collaboration = Literal[
-    "clustered_fedprox", "clustered_fedavg", "fedprox", "fedavg", "standalone"
-]
+Collaboration = Literal["clustered_fedprox", "clustered_fedavg", "fedprox", "fedavg", "standalone"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,7 @@ class RelayRecOptions:
     inner_lr: float = 0.01
     outer_lr: float = 0.01
     inner_steps: int = 1
-    meta_epochs: int = 5
+    meta_epochs: int = 1
     users_per_batch: int = 25
     first_order: bool = False
     outer_optimizer: Literal["adam", "sgd"] = "adam"
@@ -94,7 +92,8 @@ class RelayRecOptions:
     def from_mapping(cls, options: Mapping[str, Any]) -> RelayRecOptions:
         """Validate ``[method.options]``; every problem is reported at once, each
         naming ``method.options.<key>``."""
-        return _from_mapping(cls, options, _check_relayrec)
+        out: RelayRecOptions = _from_mapping(cls, options, _check_relayrec)
+        return out
 
     @property
     def multiple(self) -> bool:
@@ -107,7 +106,13 @@ class RelayRecOptions:
 
 def _check_relayrec(o: Mapping[str, Any]) -> list[str]:
     problems = []
-    for name in ("num_clusters", "num_categories", "inner_steps", "users_per_batch", "selector_hidden"):
+    for name in (
+        "num_clusters",
+        "num_categories",
+        "inner_steps",
+        "users_per_batch",
+        "selector_hidden",
+    ):
         if name in o and o[name] < 1:
             problems.append(f"method.options.{name} must be >= 1; got {o[name]!r}")
     for name in ("meta_epochs", "finetune_epochs", "selector_epochs"):

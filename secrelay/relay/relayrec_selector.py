@@ -256,20 +256,24 @@ def train_selector(
             f"`prefs` must be (n, d) and `labels` (n,) with n >= 1; got {x.shape} and {y.shape}"
         )
     if y.min() < 0 or y.max() >= num_outputs:
-        raise InvalidParameterError(f"`labels` must lie in [0, {num_outputs}); got {y.min()}..{y.max()}")
+        raise InvalidParameterError(
+            f"`labels` must lie in [0, {num_outputs}); got {y.min()}..{y.max()}"
+        )
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale = np.where(scale > 1e-12, scale, 1.0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, num_outputs))
+        net = nn.Sequential(
+            nn.Linear(x.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, num_outputs)
+        )
     xt = torch.from_numpy((x - mean) / scale).float()
     yt = torch.from_numpy(y)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for _ in range(epochs):
         opt.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(net(xt), yt)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
     l1, l2 = net[0], net[2]
     assert isinstance(l1, nn.Linear) and isinstance(l2, nn.Linear)

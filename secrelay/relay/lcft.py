@@ -1,0 +1,605 @@
+"""LCFT: on-device fine-tuning with label correction (method ``"lcft"``).
+
+Ding et al., "On-Device Model Fine-Tuning with Label Correction in Recommender
+Systems" (arXiv:2211.01163, 2022). A device whose local CTR w_i (share of
+positives in its fine-tuning data) differs from the global CTR w_g (share of
+positives in the cloud data the initial model was trained on) relabels its
+samples — positives get label α_i, negatives β_i — so that its *equivalent CTR*
+equals the global one::
+
+    w_i·α_i + (1 − w_i)·β_i = w_g                                          (1)
+
+and then fine-tunes the cloud model on its own data with those soft labels. The
+fine-tuned model stays on the device (a personalised method); each device is
+evaluated with its own model.
+
+Corrections (``method.options.corrections``; the first is the headline)
+-----------------------------------------------------------------------
+``none``
+    Fine-tuning without correction (the paper's *Local* baseline): (1, 0).
+``soft1``
+    Keep labels inside [0, 1] and change only one class: if w_i > w_g then
+    (α, β) = (w_g/w_i, 0) (positives are down-weighted), else
+    (1, (w_g − w_i)/(1 − w_i)) (negatives are lifted).
+``soft2``
+    The other solution of (1) that changes only one class — the opposite class:
+    if w_i > w_g then (1, (w_g − w_i)/(1 − w_i)) with β < 0 (negatives pushed
+    *below* 0), else (w_g/w_i, 0) with α > 1 (positives pushed *above* 1).
+    These labels lie outside [0, 1]; :func:`secrelay.training.soft_bce_with_logits`
+    uses the linear-in-target form ``softplus(z) − t·z``, which for t > 1 equals
+    t·BCE(z, 1) − (t − 1)·BCE(z, 0) (and symmetrically for t < 0): a positive
+    that also *rewards* a high logit beyond the BCE pull. The per-sample loss is
+    still convex in z but unbounded below, so fine-tuning relies on the device's
+    label mix (whose equivalent CTR is w_g ∈ (0, 1), so the loss of a shared
+    bias is bounded) and on the small number of local steps.
+    Degenerate devices: with w_i = 1 (no negatives) β is irrelevant and (1)
+    forces α = w_g; with w_i = 0 (no positives) α is irrelevant and β = w_g. In
+    both cases soft2 coincides with soft1, which never divides by zero.
+``hard``
+    The cloud grid-searches (α, β) per local-CTR interval offline
+    (:func:`search_correction_table`) and publishes the whole interval table in a
+    :class:`~secrelay.federated.messages.ReplyMessage`; each device looks its pair
+    up locally, so its w_i never leaves it (DESIGN.md, "LCFT correction").
+
+The arXiv text available to us describes soft correction as the minimal change
+of one class's label and the hard correction as an offline search; which branch
+the paper calls "1" and "2" is our reading, documented here and in docs/lcft.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from protocols.errors import InvalidParameterError
+from secrelay.checkpoint import atomic_write_text
+from secrelay.data.dataset import CTRDataset
+from secrelay.experiment import Method, make_train_config, register_method, train_cloud_model
+from secrelay.federated.client import (
+    ClientProgram,
+    DeviceData,
+    DeviceOutput,
+    DeviceTask,
+    ModelSpec,
+    load_flat_parameters,
+    single_thread,
+)
+from secrelay.federated.loop import FederatedLoop, RoundConfig
+from secrelay.federated.messages import SERVER, ReplyMessage
+from secrelay.federated.strategies import StandaloneStrategy
+from secrelay.metrics import Metrics, auc, evaluate_predictions, gauc
+from secrelay.relay.relayrec_options import _from_mapping
+from secrelay.training import TrainConfig, predict, train_epochs
+
+__all__ = [
+    "CORRECTIONS",
+    "CorrectionTable",
+    "LCFTMethod",
+    "LCFTOptions",
+    "LCFTProgram",
+    "corrected_labels",
+    "correction_pair",
+    "equivalent_ctr",
+    "improvement_by_drift",
+    "search_correction_table",
+    "soft_correction_1",
+    "soft_correction_2",
+]
+
+Correction = Literal["none", "soft1", "soft2", "hard"]
+CORRECTIONS: tuple[str, ...] = ("none", "soft1", "soft2", "hard")
+TABLE_TOPIC = "lcft/correction_table"
+
+
+def _check_ctr(name: str, w: float) -> float:
+    if not (isinstance(w, (int, float, np.floating)) and 0.0 <= float(w) <= 1.0):
+        raise InvalidParameterError(f"`{name}` must be a CTR in [0, 1]; got {w!r}")
+    return float(w)
+
+
+def soft_correction_1(local_ctr: float, global_ctr: float) -> tuple[float, float]:
+    """(α, β) of soft correction 1: labels stay in [0, 1].
+
+    Examples
+    --------
+    >>> soft_correction_1(0.8, 0.4)
+    (0.5, 0.0)
+    >>> soft_correction_1(0.25, 0.4)
+    (1.0, 0.2)
+    """
+    w_i, w_g = _check_ctr("local_ctr", local_ctr), _check_ctr("global_ctr", global_ctr)
+    if w_i > w_g:
+        return w_g / w_i, 0.0
+    if w_i < w_g:
+        return 1.0, (w_g - w_i) / (1.0 - w_i)
+    return 1.0, 0.0
+
+
+def soft_correction_2(local_ctr: float, global_ctr: float) -> tuple[float, float]:
+    """(α, β) of soft correction 2: the opposite class is changed, labels leave [0, 1].
+
+    Falls back to :func:`soft_correction_1` for w_i ∈ {0, 1}, where the class it
+    would change is absent (see the module docstring).
+
+    Examples
+    --------
+    >>> soft_correction_2(0.8, 0.4)
+    (1.0, -2.0)
+    >>> soft_correction_2(0.25, 0.5)
+    (2.0, 0.0)
+    >>> soft_correction_2(1.0, 0.4)
+    (0.4, 0.0)
+    """
+    w_i, w_g = _check_ctr("local_ctr", local_ctr), _check_ctr("global_ctr", global_ctr)
+    if w_i in (0.0, 1.0):
+        return soft_correction_1(w_i, w_g)
+    if w_i > w_g:
+        return 1.0, (w_g - w_i) / (1.0 - w_i)
+    if w_i < w_g:
+        return w_g / w_i, 0.0
+    return 1.0, 0.0
+
+
+def equivalent_ctr(local_ctr: float, alpha: float, beta: float) -> float:
+    """w_i·α + (1 − w_i)·β: the mean corrected label of the device."""
+    return float(local_ctr) * alpha + (1.0 - float(local_ctr)) * beta
+
+
+def corrected_labels(y: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    """α for positives and β for negatives (float32)."""
+    y = np.asarray(y, dtype=np.float32)
+    return (alpha * y + beta * (1.0 - y)).astype(np.float32)
+
+
+@dataclass(frozen=True, eq=False)
+class CorrectionTable:
+    """The hard correction's published table: (α, β) per local-CTR interval.
+
+    Interval i is ``[edges[i], edges[i+1])``, the last one closed at 1.
+    """
+
+    edges: np.ndarray
+    alpha: np.ndarray
+    beta: np.ndarray
+
+    def __post_init__(self) -> None:
+        e = np.asarray(self.edges, dtype=np.float64)
+        a = np.asarray(self.alpha, dtype=np.float64)
+        b = np.asarray(self.beta, dtype=np.float64)
+        if e.ndim != 1 or e.size < 2 or e[0] != 0.0 or e[-1] != 1.0 or np.any(np.diff(e) <= 0):
+            raise InvalidParameterError(
+                f"`edges` must increase strictly from 0 to 1; got {e.tolist()}"
+            )
+        if a.shape != (e.size - 1,) or b.shape != (e.size - 1,):
+            raise InvalidParameterError(
+                f"`alpha` and `beta` need one entry per interval ({e.size - 1}); "
+                f"got {a.shape} and {b.shape}"
+            )
+        object.__setattr__(self, "edges", e)
+        object.__setattr__(self, "alpha", a)
+        object.__setattr__(self, "beta", b)
+
+    def interval(self, local_ctr: float) -> int:
+        w = _check_ctr("local_ctr", local_ctr)
+        return int(min(np.searchsorted(self.edges, w, side="right") - 1, self.alpha.size - 1))
+
+    def lookup(self, local_ctr: float) -> tuple[float, float]:
+        """The (α, β) of the interval holding ``local_ctr`` (on the device)."""
+        i = self.interval(local_ctr)
+        return float(self.alpha[i]), float(self.beta[i])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"edges": self.edges, "alpha": self.alpha, "beta": self.beta}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> CorrectionTable:
+        return cls(arrays["edges"], arrays["alpha"], arrays["beta"])
+
+
+def correction_pair(
+    correction: str, local_ctr: float, global_ctr: float, table: CorrectionTable | None = None
+) -> tuple[float, float]:
+    """(α, β) of ``correction`` for a device with local CTR ``local_ctr``."""
+    if correction == "none":
+        return 1.0, 0.0
+    if correction == "soft1":
+        return soft_correction_1(local_ctr, global_ctr)
+    if correction == "soft2":
+        return soft_correction_2(local_ctr, global_ctr)
+    if correction == "hard":
+        if table is None:
+            raise InvalidParameterError("the hard correction needs the published CorrectionTable")
+        return table.lookup(local_ctr)
+    raise InvalidParameterError(f"`correction` must be one of {CORRECTIONS}; got {correction!r}")
+
+
+def _fine_tune(
+    spec: ModelSpec,
+    start: np.ndarray,
+    train: CTRDataset,
+    labels: np.ndarray,
+    config: TrainConfig,
+    *,
+    seed: int,
+) -> torch.nn.Module:
+    torch.manual_seed(seed)  # dropout inside the model, as LocalTrainingProgram does
+    model = spec.build()
+    load_flat_parameters(model, start)
+    train_epochs(model, train, config, generator=torch.Generator().manual_seed(seed), labels=labels)
+    return model
+
+
+def search_correction_table(
+    spec: ModelSpec,
+    cloud: CTRDataset,
+    base_train: TrainConfig,
+    finetune: TrainConfig,
+    *,
+    edges: Sequence[float],
+    alphas: Sequence[float],
+    betas: Sequence[float],
+    min_rows: int = 10,
+    max_users: int = 40,
+    seed: int = 0,
+) -> tuple[CorrectionTable, dict[str, Any]]:
+    """The hard correction's offline grid search on the cloud data.
+
+    The cloud simulates devices with its own users: each cloud user with at least
+    ``min_rows`` rows is split in time 80/20; a search model is trained on every
+    cloud row except those held-out 20 % parts; for each local-CTR interval (by
+    the user's CTR on its 80 % part) and each (α, β) on the grid, the search model
+    is fine-tuned per user (at most ``max_users`` users per interval, drawn with
+    ``seed``) on corrected labels and scored on the held-out rows; the pair with
+    the best gAUC wins. Intervals without a searchable user get (1, 0), i.e. no
+    correction.
+
+    Returns
+    -------
+    (CorrectionTable, dict)
+        The table and per-interval statistics (users searched, best gAUC).
+    """
+    e = np.asarray(edges, dtype=np.float64)
+    train_rows: dict[int, np.ndarray] = {}
+    test_rows: dict[int, np.ndarray] = {}
+    for u, idx in cloud.by_user().items():  # rows in time order
+        if len(idx) >= min_rows:
+            k = min(max(int(np.floor(0.8 * len(idx) + 1e-9)), 1), len(idx) - 1)
+            train_rows[u], test_rows[u] = idx[:k], idx[k:]
+    if not train_rows:
+        n = e.size - 1
+        return CorrectionTable(e, np.ones(n), np.zeros(n)), {"intervals": [{"users": 0}] * n}
+    held = np.zeros(len(cloud), dtype=bool)
+    held[np.concatenate(list(test_rows.values()))] = True
+    base_vec = train_cloud_model(spec, cloud.subset(np.flatnonzero(~held)), base_train, seed=seed)
+    train_by = {u: cloud.subset(r) for u, r in train_rows.items()}
+    test_by = {u: cloud.subset(r) for u, r in test_rows.items()}
+    users = sorted(train_by)
+    ctr = {u: train_by[u].ctr for u in users}
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 23]))
+    n_int = e.size - 1
+    best_a, best_b = np.ones(n_int), np.zeros(n_int)
+    stats: list[dict[str, Any]] = []
+    probe = CorrectionTable(e, np.ones(n_int), np.zeros(n_int))
+    for i in range(n_int):
+        members = [u for u in users if probe.interval(ctr[u]) == i]
+        if len(members) > max_users:
+            members = sorted(rng.choice(members, size=max_users, replace=False).tolist())
+        if not members:
+            stats.append({"users": 0})
+            continue
+        y_all = np.concatenate([test_by[u].y for u in members])
+        g_all = np.concatenate([test_by[u].user for u in members])
+        best = (-np.inf, 1.0, 0.0)
+        for a in alphas:
+            for b in betas:
+                preds = []
+                for u in members:
+                    labels = corrected_labels(train_by[u].y, a, b)
+                    m = _fine_tune(spec, base_vec, train_by[u], labels, finetune, seed=seed + u)
+                    preds.append(predict(m, test_by[u]))
+                score = gauc(y_all, np.concatenate(preds), g_all).value
+                if np.isfinite(score) and score > best[0]:
+                    best = (score, float(a), float(b))
+        if np.isfinite(best[0]):
+            best_a[i], best_b[i] = best[1], best[2]
+        stats.append(
+            {"users": len(members), "best_gauc": best[0] if np.isfinite(best[0]) else None}
+        )
+    return CorrectionTable(e, best_a, best_b), {"intervals": stats}
+
+
+@dataclass(frozen=True)
+class LCFTProgram(ClientProgram):
+    """What a device does: fine-tune the downloaded cloud model on its train data
+    with each listed correction's labels and keep the results.
+
+    The device's local CTR, its (α, β) and its predictions stay in its private
+    state; nothing is uploaded.
+    """
+
+    model: ModelSpec
+    train: TrainConfig
+    global_ctr: float
+    corrections: tuple[str, ...]
+    table: CorrectionTable | None = None
+
+    def run(self, data: DeviceData, task: DeviceTask) -> DeviceOutput:
+        start = np.asarray(task.models["global"], dtype=np.float32)
+        w_i = data.train.ctr
+        private: dict[str, Any] = {"local_ctr": w_i}
+        with single_thread():
+            cloud_model = self.model.build()
+            load_flat_parameters(cloud_model, start)
+            private["predictions/cloud"] = predict(cloud_model, data.test)
+            for c in self.corrections:
+                a, b = correction_pair(c, w_i, self.global_ctr, self.table)
+                labels = corrected_labels(data.train.y, a, b)
+                model = _fine_tune(
+                    self.model, start, data.train, labels, self.train, seed=task.seed
+                )
+                private[f"predictions/{c}"] = predict(model, data.test)
+                private[f"pair/{c}"] = (a, b)
+        private["predictions"] = private[f"predictions/{self.corrections[0]}"]
+        return DeviceOutput({}, private=private, stats={"loss": float("nan"), "steps": 0.0})
+
+
+@dataclass(frozen=True)
+class LCFTOptions:
+    """LCFT's ``[method.options]``.
+
+    Parameters
+    ----------
+    corrections:
+        Corrections fine-tuned side by side on every device (subset of
+        ``none``, ``soft1``, ``soft2``, ``hard``); the first is the run's headline
+        metric, every one is reported as ``<correction>/gauc`` etc.
+    hard_edges:
+        Local-CTR interval edges of the hard correction (0 … 1, increasing).
+    hard_alphas, hard_betas:
+        The (α, β) grid searched per interval.
+    hard_min_rows, hard_max_users:
+        Cloud users searched: at least this many rows; at most this many per interval.
+    drift_edges:
+        |w_i − w_g| buckets of the improvement analysis (paper Figure 2).
+    """
+
+    corrections: tuple[str, ...] = ("soft1",)
+    hard_edges: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    hard_alphas: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
+    hard_betas: tuple[float, ...] = (-0.2, 0.0, 0.2)
+    hard_min_rows: int = 10
+    hard_max_users: int = 40
+    drift_edges: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 1.0)
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> LCFTOptions:
+        out: LCFTOptions = _from_mapping(cls, options, _check_lcft)
+        return out
+
+
+def _check_lcft(o: Mapping[str, Any]) -> list[str]:
+    problems = []
+    cs = o.get("corrections", ("soft1",))
+    bad = [c for c in cs if c not in CORRECTIONS]
+    if not cs or bad:
+        problems.append(
+            f"method.options.corrections must be a non-empty list of {list(CORRECTIONS)}; got {list(cs)!r}"
+        )
+    if len(set(cs)) != len(cs):
+        problems.append(f"method.options.corrections has duplicates: {list(cs)!r}")
+    for name in ("hard_edges", "drift_edges"):
+        if name in o:
+            e = np.asarray(o[name], dtype=np.float64)
+            if e.size < 2 or e[0] != 0 or e[-1] != 1 or np.any(np.diff(e) <= 0):
+                problems.append(
+                    f"method.options.{name} must increase strictly from 0 to 1; got {list(o[name])!r}"
+                )
+    for name in ("hard_alphas", "hard_betas"):
+        if name in o and len(o[name]) == 0:
+            problems.append(f"method.options.{name} must not be empty")
+    for name in ("hard_min_rows", "hard_max_users"):
+        if name in o and o[name] < (2 if name == "hard_min_rows" else 1):
+            problems.append(f"method.options.{name} is too small; got {o[name]!r}")
+    return problems
+
+
+def improvement_by_drift(
+    devices: Mapping[int, DeviceData],
+    local_ctr: Mapping[int, float],
+    predictions: Mapping[str, Mapping[int, np.ndarray]],
+    global_ctr: float,
+    edges: Sequence[float],
+) -> list[dict[str, Any]]:
+    """Per |w_i − w_g| bucket: devices, and each correction's user-AUC gain over the
+    cloud model (test-size weighted mean of AUC_u(fine-tuned) − AUC_u(cloud))
+    (the paper's Figure 2)."""
+    e = np.asarray(edges, dtype=np.float64)
+    out = []
+    for lo, hi in itertools.pairwise(e):
+        row: dict[str, Any] = {"lo": float(lo), "hi": float(hi), "devices": 0}
+        gains: dict[str, list[tuple[float, int]]] = {c: [] for c in predictions if c != "cloud"}
+        for d, dd in devices.items():
+            if d not in local_ctr or len(dd.test) == 0:
+                continue
+            drift = abs(local_ctr[d] - global_ctr)
+            if not (lo <= drift < hi or (hi == e[-1] and drift == hi)):
+                continue
+            y = dd.test.y
+            if y.min() == y.max():
+                continue
+            row["devices"] += 1
+            base = auc(y, predictions["cloud"][d])
+            for c in gains:
+                gains[c].append((auc(y, predictions[c][d]) - base, len(y)))
+        for c, g in gains.items():
+            if g:
+                v = np.array([x for x, _ in g])
+                w = np.array([n for _, n in g], dtype=np.float64)
+                row[f"{c}/auc_gain"] = float((v * w).sum() / w.sum())
+        out.append(row)
+    return out
+
+
+class LCFTMethod(Method):
+    """LCFT driven by the runner: the cloud trains the model (round 0), every device
+    fine-tunes it once with corrected labels (round 1)."""
+
+    name = "lcft"
+
+    def __init__(self, ctx: Any) -> None:
+        super().__init__(ctx)
+        self.options = LCFTOptions.from_mapping(ctx.config.method.options)
+        self.table: CorrectionTable | None = None
+        self.search_stats: dict[str, Any] = {}
+
+    def setup(self) -> None:
+        cfg, seed = self.ctx.config, self.ctx.seed
+        cloud = self.ctx.data.cloud
+        self.global_ctr = cloud.ctr
+        self.cloud_vec = train_cloud_model(
+            self.ctx.model_spec, cloud, make_train_config(cfg.cloud), seed=seed
+        )
+        if "hard" in self.options.corrections:
+            with single_thread():
+                self.table, self.search_stats = search_correction_table(
+                    self.ctx.model_spec,
+                    cloud,
+                    make_train_config(cfg.cloud),
+                    make_train_config(cfg.local),
+                    edges=self.options.hard_edges,
+                    alphas=self.options.hard_alphas,
+                    betas=self.options.hard_betas,
+                    min_rows=self.options.hard_min_rows,
+                    max_users=self.options.hard_max_users,
+                    seed=seed,
+                )
+            self.ctx.log(
+                "lcft hard correction table: "
+                + ", ".join(
+                    f"[{lo:.2f},{hi:.2f}) -> ({a:g}, {b:g})"
+                    for lo, hi, a, b in zip(
+                        self.table.edges[:-1],
+                        self.table.edges[1:],
+                        self.table.alpha,
+                        self.table.beta,
+                    )
+                )
+            )
+        self._publish()
+        self._build_loop()
+
+    def _publish(self) -> None:
+        """The one-way download every device receives at set-up: w_g and (for the
+        hard correction) the whole interval table."""
+        arrays = {"global_ctr": np.array([self.global_ctr])}
+        if self.table is not None:
+            arrays.update(self.table.arrays())
+        for dev in sorted(self.ctx.data.devices):
+            self.ctx.channel.send(
+                ReplyMessage(sender=SERVER, receiver=dev, round=0, topic=TABLE_TOPIC, arrays=arrays)
+            )
+
+    def _build_loop(self) -> None:
+        strategy = StandaloneStrategy()
+        strategy.initialize({"global": self.cloud_vec})
+        program = LCFTProgram(
+            self.ctx.model_spec,
+            make_train_config(self.ctx.config.local),
+            self.global_ctr,
+            tuple(self.options.corrections),
+            self.table,
+        )
+        self.loop = FederatedLoop(
+            strategy,
+            program,
+            self.ctx.data.devices,
+            self.ctx.model_spec,
+            config=RoundConfig(clients_per_round=len(self.ctx.data.devices), sampling="fixed"),
+            seed=self.ctx.seed,
+            channel=self.ctx.channel,
+            executor=self.ctx.executor,
+        )
+
+    def num_rounds(self) -> int:
+        return 1
+
+    def _predictions(self, name: str) -> dict[int, np.ndarray]:
+        return {
+            d: np.asarray(s[f"predictions/{name}"])
+            for d, s in self.loop.store.state.items()
+            if f"predictions/{name}" in s
+        }
+
+    def _metrics_of(self, preds: Mapping[int, np.ndarray]) -> Metrics:
+        devs = [d for d in sorted(preds) if len(self.ctx.data.devices[d].test)]
+        tests = [self.ctx.data.devices[d].test for d in devs]
+        return evaluate_predictions(
+            np.concatenate([t.y for t in tests]),
+            np.concatenate([preds[d] for d in devs]),
+            np.concatenate([t.user for t in tests]),
+        )
+
+    def run_round(self, round: int) -> dict[str, Any]:
+        rec = self.loop.run_round(round, evaluate=True).as_dict()
+        local_ctr = {d: float(s["local_ctr"]) for d, s in self.loop.store.state.items()}
+        preds = {c: self._predictions(c) for c in ("cloud", *self.options.corrections)}
+        for c, p in preds.items():
+            for k, v in self._metrics_of(p).as_dict().items():
+                rec[f"{c}/{k}"] = v
+        buckets = improvement_by_drift(
+            self.ctx.data.devices, local_ctr, preds, self.global_ctr, self.options.drift_edges
+        )
+        report = {
+            "global_ctr": self.global_ctr,
+            "corrections": list(self.options.corrections),
+            "table": None
+            if self.table is None
+            else {k: v.tolist() for k, v in self.table.arrays().items()},
+            "search": self.search_stats,
+            "drift_buckets": buckets,
+        }
+        atomic_write_text(
+            self.ctx.run_dir / "lcft_report.json", json.dumps(report, indent=2, default=float)
+        )
+        return rec
+
+    def evaluate(self) -> Metrics:
+        if self.loop.personal_predictions:
+            return self.loop.evaluate()
+        model = self.ctx.model_spec.build()
+        load_flat_parameters(model, self.cloud_vec)
+        return evaluate_predictions(
+            self.ctx.data.device_test.y,
+            predict(model, self.ctx.data.device_test),
+            self.ctx.data.device_test.user,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "loop": self.loop.state_dict(),
+            "cloud": self.cloud_vec,
+            "global_ctr": self.global_ctr,
+            "table": None if self.table is None else self.table.arrays(),
+            "search": json.loads(json.dumps(self.search_stats, default=float)),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.cloud_vec = np.asarray(state["cloud"], dtype=np.float32)
+        self.global_ctr = float(state["global_ctr"])
+        self.table = None if state["table"] is None else CorrectionTable.from_arrays(state["table"])
+        self.search_stats = dict(state.get("search", {}))
+        self._build_loop()
+        self.loop.load_state_dict(state["loop"])
+
+    def close(self) -> None:
+        if hasattr(self, "loop"):
+            self.loop.close()
+
+
+register_method(LCFTMethod)
