@@ -91,6 +91,9 @@ class CoDAOptions:
         On-device table sizes (rows) and row lifetime (days).
     max_devices:
         Score a random subset of this many devices (0 = all), for sweeps.
+    baselines:
+        Also score Local and Local+gate (off for sweeps that only vary K or σ:
+        they do not depend on either).
     """
 
     k: int = 100
@@ -110,6 +113,7 @@ class CoDAOptions:
     matched_capacity: int = 2000
     ttl_days: int = 30
     max_devices: int = 0
+    baselines: bool = True
 
     def __post_init__(self) -> None:
         p: list[str] = []
@@ -137,6 +141,7 @@ class CoDAOptions:
             "max_devices",
             "an int >= 0",
         )
+        need(isinstance(self.baselines, bool), "baselines", "true or false")
         need(0 <= self.sigma <= 1, "sigma", "in [0, 1]")
         need(
             all(0 <= s <= 1 for s in self.sigma_sweep), "sigma_sweep", "a list of values in [0, 1]"
@@ -260,15 +265,16 @@ class CoDADevice:
         with single_thread():
             torch.manual_seed(self.seed)
             # Baselines: Local (plain fine-tuning on every local row) and Local+gate.
-            model = self._fresh()
-            train_epochs(model, local, self.train_config, generator=g(1))
-            out["local"] = predict(model, test)
-            if n_val:
+            if o.baselines:
                 model = self._fresh()
-                gated_train(model, fit, val, self.train_config, generator=g(2))
-                out["local_gate"] = predict(model, test)
-            else:
-                out["local_gate"] = out["local"]
+                train_epochs(model, local, self.train_config, generator=g(1))
+                out["local"] = predict(model, test)
+                if n_val:
+                    model = self._fresh()
+                    gated_train(model, fit, val, self.train_config, generator=g(2))
+                    out["local_gate"] = predict(model, test)
+                else:
+                    out["local_gate"] = out["local"]
             cfg = TrainConfig(epochs=o.classifier_epochs, batch_size=32, lr=o.classifier_lr)
             if len(matched):
                 _, scores = filter_matched(
@@ -285,7 +291,9 @@ class CoDADevice:
                 keep = scores >= sigma
                 out[f"kept/{sigma:g}"] = int(keep.sum())
                 if n_val == 0:
-                    out[f"sigma/{sigma:g}"] = out["local"]
+                    model = self._fresh()
+                    train_epochs(model, local, self.train_config, generator=g(1))
+                    out[f"sigma/{sigma:g}"] = predict(model, test)
                     continue
                 train = CTRDataset.concat([fit, matched.subset(np.flatnonzero(keep))])
                 buf_model = self._fresh()
