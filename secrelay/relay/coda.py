@@ -209,6 +209,8 @@ class CoDADevice:
         self.train_config = train_config
         self.seed = seed
         self.payload_bytes = 0
+        self.raw_bytes = 0
+        self.memory_bytes = 0
 
     def user_vector(self, feature: str, embedding: np.ndarray | None) -> np.ndarray:
         """The device's own user vector, from its local samples (never sent in the
@@ -225,6 +227,9 @@ class CoDADevice:
             raise InvalidParameterError(f"expected a {BATCH_TOPIC!r} reply; got {reply.topic!r}")
         batch = decode_payload(reply.blob, n_columns=self.schema.n_columns)
         self.payload_bytes += len(reply.blob)
+        n, cols = batch.x.shape
+        self.raw_bytes += n * (8 + 4 * cols + 1)  # the same arrays, uncompressed
+        self.memory_bytes += n * (8 + 8 * cols + 4)  # int64 ids and features, float32 labels
         self.matched.insert(batch.sample_ids, batch.x, batch.y, day=day)
         return len(batch.sample_ids)
 
@@ -408,7 +413,8 @@ class CoDAMethod(Method):
                     device.receive(delivered, day=day)
                 device.matched.expire(day)
             out = device.learn(sigmas)
-            counters["payload_bytes"] = counters.get("payload_bytes", 0) + device.payload_bytes
+            for key in ("payload_bytes", "raw_bytes", "memory_bytes"):
+                counters[key] = counters.get(key, 0) + getattr(device, key)
             for key, v in out.items():
                 if isinstance(v, np.ndarray):
                     preds.setdefault(key, []).append(v)
@@ -422,10 +428,6 @@ class CoDAMethod(Method):
         y, grp = np.concatenate(ys), np.concatenate(gs)
         self.results = {k: np.concatenate(v) for k, v in preds.items()}
         self.results["__y"], self.results["__g"] = y, grp
-        # Payload compression on what was actually served.
-        raw = sum(
-            8 * b.size + (4 * schema.n_columns + 1) * b.size for b in store.batch_samples.values()
-        )
         n_dev = len(ys)
         rec: dict[str, Any] = {"round": round, "devices": n_dev, "feature": feature}
         for key, p in self.results.items():
@@ -440,8 +442,9 @@ class CoDAMethod(Method):
         rec.update(
             {f"store/{k}": v for k, v in store.stats().items()}
             | {
-                "payload_raw_bytes_total": raw,
                 "payload_bytes_total": counters.get("payload_bytes", 0),
+                "payload_raw_bytes_total": counters.get("raw_bytes", 0),
+                "payload_memory_bytes_total": counters.get("memory_bytes", 0),
                 "index_seconds": index_s,
                 "match_seconds": match_s,
                 "seconds": time.perf_counter() - t0,
