@@ -177,7 +177,25 @@ class PrivacyConfig:
     """``[privacy]``: protections wrapped around the method's flows."""
 
     secure_aggregation: bool = False
+    secagg_precision_bits: int = 24
+    secagg_default_bound: float = 1e4
+    secagg_neighbours: int = 0
+    secagg_sign_advertisements: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.secagg_precision_bits <= 32:
+            raise ConfigError(
+                f"privacy.secagg_precision_bits must be in [8, 32]; got {self.secagg_precision_bits}"
+            )
+        if not self.secagg_default_bound > 0:
+            raise ConfigError(
+                f"privacy.secagg_default_bound must be > 0; got {self.secagg_default_bound}"
+            )
+        if self.secagg_neighbours < 0:
+            raise ConfigError(
+                f"privacy.secagg_neighbours must be >= 0 (0 = automatic); got {self.secagg_neighbours}"
+            )
 
 
 @dataclass(frozen=True)

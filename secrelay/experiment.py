@@ -40,6 +40,7 @@ from secrelay.federated.client import (
     flat_parameters,
     load_flat_parameters,
 )
+from secrelay.federated.aggregation import PlaintextSum, SumProtocol
 from secrelay.federated.executor import Executor, make_executor
 from secrelay.federated.loop import FederatedLoop, RoundConfig
 from secrelay.federated.strategies import make_strategy
@@ -54,6 +55,7 @@ __all__ = [
     "PreparedData",
     "RunContext",
     "RunResult",
+    "make_sum_protocol",
     "make_train_config",
     "prepare_data",
     "register_method",
@@ -122,6 +124,23 @@ def make_train_config(section: Any, *, prox_mu: float = 0.0) -> TrainConfig:
         weight_decay=section.weight_decay,
         prox_mu=prox_mu,
     )
+
+
+def make_sum_protocol(config: RunConfig) -> SumProtocol:
+    """Plaintext sums, or SecAgg+ when ``privacy.secure_aggregation`` is on."""
+    p = config.privacy
+    if not p.secure_aggregation:
+        return PlaintextSum()
+    from secrelay.federated.secure import SecureSum, SecureSumSettings
+
+    settings = SecureSumSettings(
+        default_bound=p.secagg_default_bound,
+        precision_bits=p.secagg_precision_bits,
+        neighbours=p.secagg_neighbours or None,
+        sign_advertisements=p.secagg_sign_advertisements,
+        max_dropout_rate=max(0.1, config.federated.dropout_rate),
+    )
+    return SecureSum(settings, seed=config.run.seed)
 
 
 def model_spec_from(config: RunConfig, schema: Any) -> ModelSpec:
@@ -249,6 +268,7 @@ class FederatedMethod(Method):
             seed=self.ctx.seed,
             channel=self.ctx.channel,
             executor=self.ctx.executor,
+            sum_protocol=make_sum_protocol(cfg),
         )
 
     def num_rounds(self) -> int:
