@@ -33,6 +33,7 @@ from protocols.errors import ConfigError, InvalidParameterError
 from secrelay.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
 from secrelay.config import RunConfig
 from secrelay.data.dataset import CTRDataset
+from secrelay.federated.aggregation import PlaintextSum, SumProtocol
 from secrelay.federated.client import (
     DeviceData,
     ModelSpec,
@@ -40,7 +41,6 @@ from secrelay.federated.client import (
     flat_parameters,
     load_flat_parameters,
 )
-from secrelay.federated.aggregation import PlaintextSum, SumProtocol
 from secrelay.federated.executor import Executor, make_executor
 from secrelay.federated.loop import FederatedLoop, RoundConfig
 from secrelay.federated.strategies import make_strategy
