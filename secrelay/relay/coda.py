@@ -1,5 +1,9 @@
 """CoDA: on-device learning with cloud-coordinated data augmentation (method 3).
 
+Paper: R. Gu, C. Niu, Y. Yan, F. Wu, S. Tang, R. Jia, C. Lyu, G. Chen, "On-Device
+Learning with Cloud-Coordinated Data Augmentation for Extreme Model Personalization
+in Recommender Systems", arXiv:2201.10382 (2022).
+
 The method ``method.name = "coda"`` runs the whole pipeline once per device:
 
 1. cloud (:mod:`secrelay.relay.coda_cloud`): train the cloud CTR model M0 on the

@@ -1,5 +1,8 @@
 """CoDA, cloud side: user vectors, KNN matching, the sample store and its payloads.
 
+Paper: Gu et al., "On-Device Learning with Cloud-Coordinated Data Augmentation for
+Extreme Model Personalization in Recommender Systems", arXiv:2201.10382 (2022).
+
 CoDA (on-device learning with cloud-coordinated data augmentation; DESIGN.md,
 method 3), Algorithm 1: the cloud represents every user of its pre-regulation
 pool by the mean of one feature over the user's samples, matches each device

@@ -1,5 +1,8 @@
 """CoDA, device side: bounded sample tables, model versions, Algorithms 2 and 3.
 
+Paper: Gu et al., "On-Device Learning with Cloud-Coordinated Data Augmentation for
+Extreme Model Personalization in Recommender Systems", arXiv:2201.10382 (2022).
+
 - :class:`SampleTable` — a bounded on-device table (local samples, matched
   samples) with a lifecycle: rows expire ``ttl_days`` after insertion, and an
   insert into a full table first forces a clean-up that evicts the **oldest rows

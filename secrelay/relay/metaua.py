@@ -1,5 +1,9 @@
 """MetaUA: online meta-learned update aggregation, computed from named sums only.
 
+Paper: X. Liu, B. Twardowski, T. K. Wijaya, "Online Meta-Learning for Model Update
+Aggregation in Federated Learning for Click-Through Rate Prediction", AdKDD 2022
+(arXiv:2209.00629).
+
 The server aggregates the devices' model updates with learnable, layer-wise
 parameters (MetaUA, "online meta-learned update aggregation"; DESIGN.md, method 4)::
 
