@@ -60,6 +60,36 @@ def _relayrec_jobs(
     return jobs
 
 
+ABLATIONS: list[tuple[str, dict[str, Any]]] = [
+    ("initial=single_normal", {"initial": "single_normal"}),
+    ("initial=single_meta", {"initial": "single_meta"}),
+    ("initial=multiple_normal", {"initial": "multiple_normal"}),
+    ("selection=random", {"selection": "random"}),
+    ("selection=optimal", {"selection": "optimal"}),
+    ("collaboration=fedavg", {"collaboration": "fedavg"}),
+    ("collaboration=fedprox", {"collaboration": "fedprox"}),
+    ("collaboration=clustered_fedavg", {"collaboration": "clustered_fedavg"}),
+]
+
+
+def _ablation_jobs(config: str, data_path: str | None, rounds: int) -> list[dict[str, Any]]:
+    """One component of RelayRec swapped at a time (the rest as RelayRec), DNN."""
+    return [
+        {
+            "table": "ablation",
+            "row": row,
+            "model": "dnn",
+            "config": config,
+            "data_path": data_path,
+            "overrides": {
+                "federated": {"rounds": rounds, "eval_every": rounds},
+                "method": {"options": opts},
+            },
+        }
+        for row, opts in ABLATIONS
+    ]
+
+
 def _sweep_jobs(config: str, data_path: str | None, rounds: int) -> list[dict[str, Any]]:
     jobs = []
     for alpha in (0.01, 0.05, 0.10, 0.20):
@@ -114,6 +144,7 @@ SUITES = {
     "relayrec-synthetic": lambda a: _relayrec_jobs(
         "examples/relayrec_synthetic.toml", None, a.rounds, a.models
     ),
+    "ablations-ml100k": lambda a: _ablation_jobs("examples/relayrec_ml100k.toml", ML100K, a.rounds),
     "sweeps-ml100k": lambda a: _sweep_jobs("examples/relayrec_ml100k.toml", ML100K, a.rounds),
     "lcft-ml100k": lambda a: _lcft_jobs("examples/lcft_ml100k.toml", ML100K, a.models),
     "lcft-synthetic": lambda a: _lcft_jobs("examples/lcft_synthetic.toml", None, a.models),
@@ -188,6 +219,37 @@ def print_tables(path: Path) -> None:
             )
 
 
+def draw_figure(path: Path, table: str, target: Path) -> None:
+    """The paper's Figure 2: AUC gain over the cloud model per |w_i − w_g| bucket."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    recs = [r for r in recs if r["table"] == table]
+    if not recs:
+        raise SystemExit(f"no runs of table {table!r} in {path}")
+    fig, axes = plt.subplots(1, len(recs), figsize=(4 * len(recs), 3.2), sharey=True, squeeze=False)
+    for ax, r in zip(axes[0], recs):
+        report = json.loads((Path(r["run_dir"]) / "lcft_report.json").read_text())
+        buckets = report["drift_buckets"]
+        labels = [f"[{b['lo']:g},{b['hi']:g})\nn={b['devices']}" for b in buckets]
+        x = range(len(buckets))
+        for c in report["corrections"]:
+            ax.plot(x, [b.get(f"{c}/auc_gain", float("nan")) for b in buckets], marker="o", label=c)
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.set_xticks(list(x), labels, fontsize=7)
+        ax.set_title(r["model"])
+        ax.set_xlabel("|w_i − w_g|")
+    axes[0][0].set_ylabel("user AUC gain over Cloud")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=120)
+    print(f"wrote {target}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -199,10 +261,15 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/relayrec_lcft_tables.jsonl"))
     p.add_argument("--runs-dir", type=Path, default=Path("runs/relayrec_lcft"))
     p.add_argument("--table", action="store_true", help="print the tables from --out and exit")
+    p.add_argument("--figure", default="", help="draw the drift figure of this LCFT table name")
+    p.add_argument("--figure-out", type=Path, default=Path("docs/figures/lcft_drift_ml100k.png"))
     a = p.parse_args()
     a.models = a.models.split(",")
     if a.table:
         print_tables(a.out)
+        return
+    if a.figure:
+        draw_figure(a.out, a.figure, a.figure_out)
         return
     a.out.parent.mkdir(parents=True, exist_ok=True)
     wanted = {r for r in a.rows.split(",") if r}

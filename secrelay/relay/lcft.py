@@ -41,9 +41,10 @@ Corrections (``method.options.corrections``; the first is the headline)
     :class:`~secrelay.federated.messages.ReplyMessage`; each device looks its pair
     up locally, so its w_i never leaves it (DESIGN.md, "LCFT correction").
 
-The arXiv text available to us describes soft correction as the minimal change
-of one class's label and the hard correction as an offline search; which branch
-the paper calls "1" and "2" is our reading, documented here and in docs/lcft.md.
+Only the paper's abstract was retrievable while this was written; the
+equation (1), the two one-sided soft solutions and the offline interval search
+follow DESIGN.md, and which one-sided solution is called "1" and which "2" is our
+derivation (docs/lcft.md).
 """
 
 from __future__ import annotations
@@ -110,8 +111,8 @@ def soft_correction_1(local_ctr: float, global_ctr: float) -> tuple[float, float
     --------
     >>> soft_correction_1(0.8, 0.4)
     (0.5, 0.0)
-    >>> soft_correction_1(0.25, 0.4)
-    (1.0, 0.2)
+    >>> soft_correction_1(0.25, 0.5)
+    (1.0, 0.3333333333333333)
     """
     w_i, w_g = _check_ctr("local_ctr", local_ctr), _check_ctr("global_ctr", global_ctr)
     if w_i > w_g:
@@ -129,8 +130,8 @@ def soft_correction_2(local_ctr: float, global_ctr: float) -> tuple[float, float
 
     Examples
     --------
-    >>> soft_correction_2(0.8, 0.4)
-    (1.0, -2.0)
+    >>> soft_correction_2(0.75, 0.5)
+    (1.0, -1.0)
     >>> soft_correction_2(0.25, 0.5)
     (2.0, 0.0)
     >>> soft_correction_2(1.0, 0.4)

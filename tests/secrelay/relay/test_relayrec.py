@@ -341,3 +341,33 @@ def test_options_are_validated_with_their_key() -> None:
     with pytest.raises(ConfigError, match=r"inner_lr.*first_order|first_order.*inner_lr"):
         RelayRecOptions.from_mapping({"inner_lr": "x", "first_order": 3})
     assert RelayRecOptions.from_mapping({}).collaboration == "clustered_fedprox"
+
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "relayrec_ml100k",
+        "relayrec_synthetic",
+        "relayrec_quick",
+        "lcft_ml100k",
+        "lcft_synthetic",
+        "lcft_quick",
+    ],
+)
+def test_example_configs_are_valid(name: str) -> None:
+    from secrelay.relay.lcft import LCFTOptions
+
+    cfg = load_config(EXAMPLES / f"{name}.toml")
+    if cfg.method.name == "relayrec":
+        RelayRecOptions.from_mapping(cfg.method.options)
+    else:
+        LCFTOptions.from_mapping(cfg.method.options)
+
+
+def test_quick_example_runs(tmp_path: Path) -> None:
+    cfg = load_config(EXAMPLES / "relayrec_quick.toml", run={"progress": False})
+    result = run(cfg, tmp_path / "quick", progress=False, log=lambda s: None)
+    assert result.final["complete"] and result.final["rounds_completed"] == 3
