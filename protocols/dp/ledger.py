@@ -396,7 +396,7 @@ class PrivacyLedger:
     >>> ledger.spend([rec], budget=budget)  # a second release would overspend
     Traceback (most recent call last):
     ...
-    protocols.errors.BudgetExceededError: refused 1 record(s) at δ = 1e-05 (prv accountant): global user-level ε would be 2.95... > budget 2.5
+    protocols.errors.BudgetExceededError: refused 1 record(s) at δ = 1e-05 (prv accountant): global user-level ε would be 2.94... > budget 2.5
     >>> len(ledger)
     1
     """
