@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import math
@@ -46,11 +47,12 @@ def _quiet_dp_accounting():
     logging.disable(logging.NOTSET)
 
 
-class AccountantContract:
-    """Every accountant must pass these; subclasses set ``make``."""
+class AccountantContract(abc.ABC):
+    """Every accountant must pass these; concrete suites implement ``make``."""
 
+    @abc.abstractmethod
     def make(self) -> PrivacyAccountant:
-        raise NotImplementedError  # overridden by every concrete suite
+        """A fresh accountant under test."""
 
     def test_empty_spends_nothing(self):
         assert self.make().get_epsilon(delta=1e-5) == 0.0
