@@ -25,18 +25,20 @@ _T = TypeVar("_T", NDArray[np.float64], NDArray[np.float32], torch.Tensor)
 
 
 def l2_norm(values: Mapping[str, NDArray[np.floating] | torch.Tensor] | ArrayLike) -> float:
-    """Global L2 norm of an array or of all tensors in a mapping, in float64."""
+    """Global L2 norm of an array or of all tensors in a mapping, in float64 (no overflow)."""
     if isinstance(values, Mapping):
-        total = math.fsum(_sq_norm(v) for v in values.values())
-        return math.sqrt(total)
-    return math.sqrt(_sq_norm(values))
+        norms = [_norm_of(v) for v in values.values()]
+        top = max(norms, default=0.0)
+        if top == 0.0 or not math.isfinite(top):
+            return top
+        return top * math.sqrt(math.fsum((n / top) ** 2 for n in norms))
+    return _norm_of(values)
 
 
-def _sq_norm(v: object) -> float:
+def _norm_of(v: object) -> float:
     if isinstance(v, torch.Tensor):
-        return float(torch.sum(v.detach().to(torch.float64) ** 2))
-    a = np.asarray(v, dtype=np.float64)
-    return float(np.sum(a * a))
+        return _robust_norm(v.detach().to(torch.float64).cpu().numpy())
+    return _robust_norm(np.asarray(v, dtype=np.float64))
 
 
 def clip_by_l2_norm(vector: ArrayLike, *, clipping_norm: float) -> NDArray[np.float64]:
@@ -55,13 +57,23 @@ def clip_by_l2_norm(vector: ArrayLike, *, clipping_norm: float) -> NDArray[np.fl
     x = np.array(vector, dtype=np.float64)
     if not np.all(np.isfinite(x)):
         raise InvalidParameterError("`vector` must be finite; got NaN or inf entries")
-    norm = float(np.linalg.norm(x.reshape(-1)))
+    norm = _robust_norm(x)
     if norm > c:
-        x *= c / norm
+        x = (x / float(np.max(np.abs(x)))) * (c / (norm / float(np.max(np.abs(x)))))
         # Rounding can leave the norm a few ulps above C; shrink until it is not.
-        while float(np.linalg.norm(x.reshape(-1))) > c:
+        while _robust_norm(x) > c:
             x *= 1.0 - 2.0**-50
     return x
+
+
+def _robust_norm(x: NDArray[np.float64]) -> float:
+    """L2 norm without overflow for entries up to the float64 maximum."""
+    if x.size == 0:
+        return 0.0
+    m = float(np.max(np.abs(x)))
+    if m == 0.0:
+        return 0.0
+    return m * float(np.linalg.norm((x / m).reshape(-1)))
 
 
 def clip_update(update: Mapping[str, _T], *, clipping_norm: float) -> dict[str, _T]:

@@ -37,7 +37,7 @@ def test_calibration_hits_target(target, q, steps, accountant):
 
 
 def test_unreachable_target_says_why():
-    with pytest.raises(InvalidParameterError, match="unreachable.*max_noise_multiplier"):
+    with pytest.raises(InvalidParameterError, match=r"unreachable.*max_noise_multiplier"):
         calibrate_noise_multiplier(
             target_epsilon=0.01,
             target_delta=1e-5,

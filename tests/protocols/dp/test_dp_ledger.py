@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -137,7 +138,7 @@ def test_epsilon_series_is_cumulative_and_monotone():
     series = ledger.epsilon_series(delta=DELTA, device="a", accountant="rdp")
     assert [p.round for p in series] == [0, 1, 2, 3]
     eps = [p.epsilon for p in series]
-    assert all(x < y for x, y in zip(eps, eps[1:]))
+    assert all(x < y for x, y in itertools.pairwise(eps))
     assert eps[-1] == pytest.approx(ledger.epsilon(delta=DELTA, device="a", accountant="rdp"))
 
 
