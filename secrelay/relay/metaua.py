@@ -567,6 +567,10 @@ class MetaUAOptions:
         FedAvg baselines) or on the ``"support"`` rows only.
     meta_grad_clip:
         Clip the meta-gradient of each of s and θ_α to this L2 norm (0 = off).
+    query_reduction:
+        The meta-objective over the round's clients: ``"mean"`` (ḡ = Σg_k / K,
+        default) or ``"sum"`` (ḡ = Σg_k; the same as multiplying ``meta_lr`` by
+        the number of clients per round).
     """
 
     attributes: tuple[str, ...] = ("local_loss",)
@@ -583,6 +587,7 @@ class MetaUAOptions:
     query_fraction: float = 0.2
     train_on: Literal["all", "support"] = "all"
     meta_grad_clip: float = 0.0
+    query_reduction: Literal["mean", "sum"] = "mean"
 
     def __post_init__(self) -> None:
         problems = []
@@ -614,6 +619,11 @@ class MetaUAOptions:
         if self.weighting not in ("samples", "uniform"):
             problems.append(
                 f"method.options.weighting must be 'samples' or 'uniform'; got {self.weighting!r}"
+            )
+        if self.query_reduction not in ("mean", "sum"):
+            problems.append(
+                "method.options.query_reduction must be 'mean' or 'sum'; "
+                f"got {self.query_reduction!r}"
             )
         if self.train_on not in ("all", "support"):
             problems.append(
@@ -751,9 +761,10 @@ class MetaUAStrategy(Strategy):
             and (o.learn_weights or o.learn_server_scale)
         ):
             prev = self.previous
+            gbar = cur.grad / cur.count if o.query_reduction == "mean" else cur.grad
             gs, ga = meta_gradient_from_sums(
                 prev["sums"],
-                cur.grad / cur.count,
+                gbar,
                 prev["theta_s"],
                 prev["theta_alpha"],
                 prev["w"],

@@ -315,3 +315,20 @@ def test_end_to_end_run_and_resume(tmp_path):
     assert res_b.records[-1]["gauc"] == pytest.approx(res.records[-1]["gauc"], abs=1e-9)
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["method"] == "metaua"
+
+
+def test_query_reduction_sum_scales_the_meta_step_by_the_client_count():
+    steps = {}
+    for reduction in ("mean", "sum"):
+        opts = MetaUAOptions(
+            attributes=("local_loss",), server_optimizer="sgd", query_reduction=reduction
+        )
+        loop, _, _ = _metaua_loop(opts)
+        s0 = loop.strategy.theta_s.copy()
+        loop.run_round(1, evaluate=False)
+        loop.run_round(2, evaluate=False)
+        steps[reduction] = loop.strategy.theta_s - s0
+    assert np.abs(steps["mean"]).sum() > 0
+    np.testing.assert_allclose(steps["sum"], 4 * steps["mean"], rtol=1e-6)
+    with pytest.raises(ConfigError, match=r"method\.options\.query_reduction"):
+        MetaUAOptions.from_mapping({"query_reduction": "max"})
