@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from protocols.dp.ledger import LedgerRecord
 from protocols.errors import InvalidParameterError
 from secrelay.data.dataset import CTRDataset
 from secrelay.data.schema import Schema
@@ -48,6 +49,7 @@ __all__ = [
     "PersonalizedProgram",
     "PlainTrainer",
     "PrivateKey",
+    "TrainOutcome",
     "UpdateTransform",
     "flat_parameters",
     "load_flat_parameters",
@@ -139,11 +141,17 @@ class DeviceOutput:
         Updated device-private state (stays on the device).
     stats:
         Simulation bookkeeping for the experimenter (loss, steps); never sent.
+    privacy_records:
+        Ledger records of the DP mechanisms the device ran this round (e.g.
+        example-level DP-SGD); the loop collects them for the run's privacy
+        ledger. They describe the mechanism (noise, sampling rate, steps), not
+        the data.
     """
 
     contribution: dict[str, np.ndarray]
     private: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
+    privacy_records: tuple[LedgerRecord, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,17 @@ class LocalResult:
     num_samples: int
     steps: int
     loss: float
+    privacy_records: tuple[LedgerRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What :meth:`LocalTrainer.train_round` returns: steps, loss and the ledger
+    records of any DP mechanism the training ran (empty for non-private trainers)."""
+
+    steps: int
+    loss: float
+    privacy_records: tuple[LedgerRecord, ...] = ()
 
 
 class KeySelector(abc.ABC):
@@ -215,6 +234,23 @@ class LocalTrainer(abc.ABC):
     @property
     @abc.abstractmethod
     def prox_mu(self) -> float: ...
+
+    def train_round(
+        self,
+        model: CTRModel,
+        data: DeviceData,
+        *,
+        generator: torch.Generator,
+        reference: list[torch.Tensor] | None,
+        task: DeviceTask,
+    ) -> TrainOutcome:
+        """Train for the round of ``task``; what :class:`LocalTrainingProgram` calls.
+
+        Trainers that spend privacy (DP-SGD) override this to return the ledger
+        records of the round; the default runs :meth:`train` and spends nothing.
+        """
+        steps, loss = self.train(model, data, generator=generator, reference=reference)
+        return TrainOutcome(int(steps), float(loss))
 
 
 @dataclass(frozen=True)
@@ -285,12 +321,22 @@ class LocalTrainingProgram(ClientProgram):
             reference = None
             if self.trainer.prox_mu > 0:
                 reference = [p.detach().clone() for p in model.parameters()]
-            steps, loss = self.trainer.train(model, data, generator=generator, reference=reference)
+            outcome = self.trainer.train_round(
+                model, data, generator=generator, reference=reference, task=task
+            )
             delta = flat_parameters(model) - start
         rng = np.random.default_rng(np.random.SeedSequence([task.seed, 1]))
         for t in self.transforms:
             delta = t.apply(delta, rng=rng)
-        return LocalResult(key, start, delta.astype(np.float32), data.num_train, steps, loss)
+        return LocalResult(
+            key,
+            start,
+            delta.astype(np.float32),
+            data.num_train,
+            outcome.steps,
+            outcome.loss,
+            outcome.privacy_records,
+        )
 
     def run(self, data: DeviceData, task: DeviceTask) -> DeviceOutput:
         result = self.local_update(data, task)
@@ -299,6 +345,7 @@ class LocalTrainingProgram(ClientProgram):
             contribution,
             private={"model_key": result.key},
             stats={"loss": result.loss, "steps": float(result.steps)},
+            privacy_records=result.privacy_records,
         )
 
 
@@ -325,4 +372,5 @@ class PersonalizedProgram(ClientProgram):
             {},
             private={"model_key": result.key, "predictions": preds},
             stats={"loss": result.loss, "steps": float(result.steps)},
+            privacy_records=result.privacy_records,
         )

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from protocols.dp.ledger import LedgerRecord
 from protocols.errors import InvalidParameterError, ProtocolAbort
 from secrelay.data.dataset import CTRDataset
 from secrelay.federated.aggregation import PlaintextSum, SumProtocol
@@ -50,6 +51,12 @@ PRE_PROTOCOL_STAGES = ("download", "train")
 
 class RoundAborted(ProtocolAbort):
     """Too few devices survived a round; the server state is unchanged."""
+
+
+def _attach_privacy_records(exc: BaseException, records: Sequence[LedgerRecord]) -> None:
+    """Attach the DP releases that happened before an abort to the exception
+    (``exc.privacy_records``), so the runner can still write them to the ledger."""
+    exc.privacy_records = tuple(records)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,9 @@ class RoundRecord:
     server: dict[str, float]
     train_loss: float
     metrics: Metrics | None
+    # DP releases of the round (devices' DP-SGD, noised sums), for the privacy
+    # ledger; not part of the metrics.
+    privacy_records: tuple[LedgerRecord, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -322,6 +332,10 @@ class FederatedLoop:
         losses = [
             o.stats["loss"] for o in trained.values() if np.isfinite(o.stats.get("loss", np.nan))
         ]
+        # Every device that trained ran its mechanisms, released or not (conservative).
+        privacy_records: list[LedgerRecord] = [
+            r for dev in sorted(trained) for r in trained[dev].privacy_records
+        ]
         protocol_drops = {d: s for d, s in plan.items() if s in self.sum_protocol.stages}
         aborted = False
         server_stats: dict[str, float] = {}
@@ -338,6 +352,7 @@ class FederatedLoop:
                 server={},
                 train_loss=float(np.mean(losses)) if losses else float("nan"),
                 metrics=self.evaluate() if do_eval else None,
+                privacy_records=tuple(privacy_records),
             )
         try:
             if len(trained) - len(protocol_drops) < self.config.min_survivors:
@@ -351,6 +366,9 @@ class FederatedLoop:
             result = self.sum_protocol.aggregate(
                 round, contributions, self.channel, dropouts=protocol_drops
             )
+            # A sum protocol that noises the sums (user-level DP) returns a SumResult
+            # carrying the records of what it released.
+            privacy_records.extend(getattr(result, "privacy_records", ()))
             survivors = result.survivors
             if len(survivors) < self.config.min_survivors:
                 raise RoundAborted(
@@ -359,8 +377,9 @@ class FederatedLoop:
                     f"min_survivors={self.config.min_survivors}",
                 )
             server_stats = self.strategy.aggregate(round, result)
-        except ProtocolAbort:
+        except ProtocolAbort as exc:
             if self.config.on_abort == "raise":
+                _attach_privacy_records(exc, privacy_records)
                 raise
             aborted = True
         do_eval = evaluate if evaluate is not None else (round % self.config.eval_every == 0)
@@ -374,6 +393,7 @@ class FederatedLoop:
             server=server_stats,
             train_loss=float(np.mean(losses)) if losses else float("nan"),
             metrics=metrics,
+            privacy_records=tuple(privacy_records),
         )
 
     # --- evaluation -------------------------------------------------------------

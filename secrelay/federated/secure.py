@@ -17,22 +17,40 @@ decoded sum of ``m`` survivors is within ``m · 2·B_name / (2^precision_bits �
 of the exact sum per coordinate (the bound :func:`protocols.secagg` guarantees,
 rescaled). With the defaults (B = 10⁴, 24 bits) that is ≈ 1.2·10⁻³·m — far below
 the scale of sample-weighted sums of hundreds of rows.
+
+Device encodings (exact integer sums). A :class:`DeviceEncoding` replaces the
+per-name float encoding: each device turns its contribution into a *signed integer*
+vector (e.g. its quantised update plus its share of distributed discrete Gaussian
+noise, :mod:`secrelay.privacy`) before masking, and the server gets the exact
+integer sum of the survivors' vectors. The vectors ride on the SecAgg+ fixed-point
+encoder with ``clip_range R = (2^q − 1)/2`` and step ``2R/(2^q − 1) = 1``: a device
+sends ``x = v + 1/2``, which the encoder maps to the integer ``v + 2^(q−1)`` in
+``[0, 2^q − 1]`` with no rounding (every value is a multiple of 1/2 below 2^52, so
+float64 is exact), the words are summed modulo ``2^b`` with
+``b = q + ⌈log2 n⌉``, which never wraps (``m (2^q − 1) < 2^b``), and the server
+recovers ``Σ v = decoded − m/2`` exactly. A device refuses (raises) to send a vector
+outside ``[−2^(q−1), 2^(q−1))`` instead of letting the encoder clip it, so an
+encoding's headroom (its choice of ``q``) is a hard guarantee, never a silent clip.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from protocols.errors import InvalidParameterError
-from protocols.secagg import PROTOCOL_STAGES, SecAggConfig, simulate_secure_sum
+from protocols.secagg import PROTOCOL_STAGES, SecAggConfig, SecureSumResult, simulate_secure_sum
 from secrelay.federated.aggregation import SumProtocol, SumResult, check_contributions
 from secrelay.federated.messages import SERVER, MaskedUpload
 from secrelay.federated.transcript import Channel
 
-__all__ = ["SecureSum", "SecureSumSettings"]
+__all__ = ["DeviceEncoding", "SecureSum", "SecureSumSettings"]
+
+# SecAgg+ decodes in float64: q + ⌈log2 n⌉ must stay below 2^52 to be exact.
+_MAX_EXACT_BITS = 52
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,41 @@ class SecureSumSettings:
         return float(self.bounds.get(name, self.default_bound))
 
 
+class DeviceEncoding(abc.ABC):
+    """Device-side exact integer encoding of contributions, applied before masking.
+
+    The three methods are the public round parameters (:meth:`precision_bits`), what
+    each device computes on its own contribution (:meth:`encode`), and what the
+    server computes from the exact integer sum (:meth:`decode`). Implementations
+    are stateless given ``(round, num_devices)``, so every party derives the same
+    public parameters.
+    """
+
+    @abc.abstractmethod
+    def precision_bits(
+        self, *, round: int, num_devices: int, shapes: Mapping[str, tuple[int, ...]]
+    ) -> int:
+        """``q`` in [2, 32]: every encoded coordinate lies in ``[−2^(q−1), 2^(q−1))``."""
+
+    @abc.abstractmethod
+    def encode(
+        self, contribution: Mapping[str, np.ndarray], *, round: int, device: int, num_devices: int
+    ) -> np.ndarray:
+        """Device side: the signed int64 vector this device contributes."""
+
+    @abc.abstractmethod
+    def decode(
+        self,
+        total: np.ndarray,
+        *,
+        round: int,
+        survivors: tuple[int, ...],
+        num_devices: int,
+        shapes: Mapping[str, tuple[int, ...]],
+    ) -> dict[str, np.ndarray]:
+        """Server side: the named sums from the exact int64 sum of the survivors' vectors."""
+
+
 class SecureSum(SumProtocol):
     """SecAgg+ over the named contributions of the surviving devices.
 
@@ -98,13 +151,24 @@ class SecureSum(SumProtocol):
         Public parameters (bounds, precision, graph).
     seed:
         Root of the per-round protocol seeds when ``settings.deterministic``.
+    device_encoding:
+        Optional exact integer encoding done on each device before masking (see
+        the module doc); the per-name bounds and ``precision_bits`` of
+        ``settings`` are then not used.
     """
 
     stages = tuple(s.value for s in PROTOCOL_STAGES)
 
-    def __init__(self, settings: SecureSumSettings | None = None, *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        settings: SecureSumSettings | None = None,
+        *,
+        seed: int = 0,
+        device_encoding: DeviceEncoding | None = None,
+    ) -> None:
         self.settings = settings or SecureSumSettings()
         self.seed = int(seed)
+        self.device_encoding = device_encoding
         self.last_error_bound: dict[str, float] = {}
         self.last_bytes_per_client: float = 0.0
 
@@ -129,6 +193,8 @@ class SecureSum(SumProtocol):
             raise InvalidParameterError(
                 f"secure aggregation needs at least 2 devices in a round; got {len(devices)}"
             )
+        if self.device_encoding is not None:
+            return self._aggregate_encoded(round, contributions, channel, dropouts, shapes)
         # Device side: scale each name into [-1, 1] (clipping at the public bound).
         vectors = []
         for dev in devices:
@@ -153,6 +219,27 @@ class SecureSum(SumProtocol):
             sign_advertisements=s.sign_advertisements,
             max_dropout_rate=s.max_dropout_rate,
         )
+        result = self._run(round, devices, vectors, config, dropouts, channel)
+        sums: dict[str, np.ndarray] = {}
+        pos = 0
+        for k in names:
+            size = int(np.prod(shapes[k], dtype=np.int64))
+            sums[k] = result.sum[pos : pos + size].reshape(shapes[k]) * s.bound(k)
+            pos += size
+        m = len(result.survivors)
+        self.last_error_bound = {k: m * 2.0 * s.bound(k) / (2**s.precision_bits - 1) for k in names}
+        self.last_bytes_per_client = float(np.mean(list(result.bytes_sent.values())))
+        return SumResult(sums, tuple(devices[i] for i in result.survivors))
+
+    def _run(
+        self,
+        round: int,
+        devices: list[int],
+        vectors: list[np.ndarray],
+        config: SecAggConfig,
+        dropouts: Mapping[int, str],
+        channel: Channel,
+    ) -> SecureSumResult:
         position = {dev: i for i, dev in enumerate(devices)}
         stage_drops: dict[str, set[int]] = {}
         for dev, stage in dropouts.items():
@@ -160,7 +247,7 @@ class SecureSum(SumProtocol):
                 stage_drops.setdefault(stage, set()).add(position[dev])
         round_seed = (
             int(np.random.SeedSequence([self.seed, round, 3]).generate_state(1)[0])
-            if s.deterministic
+            if self.settings.deterministic
             else None
         )
         result = simulate_secure_sum(vectors, config=config, dropouts=stage_drops, seed=round_seed)
@@ -175,13 +262,71 @@ class SecureSum(SumProtocol):
                     payload=msg.data,
                 )
             )
-        sums: dict[str, np.ndarray] = {}
-        pos = 0
-        for k in names:
-            size = int(np.prod(shapes[k], dtype=np.int64))
-            sums[k] = result.sum[pos : pos + size].reshape(shapes[k]) * s.bound(k)
-            pos += size
+        return result
+
+    def _aggregate_encoded(
+        self,
+        round: int,
+        contributions: Mapping[int, Mapping[str, np.ndarray]],
+        channel: Channel,
+        dropouts: Mapping[int, str],
+        shapes: Mapping[str, tuple[int, ...]],
+    ) -> SumResult:
+        enc = self.device_encoding
+        assert enc is not None
+        devices = sorted(contributions)
+        n = len(devices)
+        bits = int(enc.precision_bits(round=round, num_devices=n, shapes=shapes))
+        if not 2 <= bits <= 32 or bits + (n - 1).bit_length() > _MAX_EXACT_BITS:
+            raise InvalidParameterError(
+                f"device encoding precision_bits must be in [2, 32] with "
+                f"precision_bits + ceil(log2 n) <= {_MAX_EXACT_BITS}; got {bits} for n = {n}"
+            )
+        half = 1 << (bits - 1)
+        vectors: list[np.ndarray] = []
+        length: int | None = None
+        for dev in devices:  # device side
+            v = np.asarray(
+                enc.encode(contributions[dev], round=round, device=dev, num_devices=n)
+            ).ravel()
+            if not np.issubdtype(v.dtype, np.integer):
+                raise InvalidParameterError(
+                    f"device encoding must return integers; got dtype {v.dtype} for device {dev}"
+                )
+            if length is None:
+                length = v.size
+            if v.size != length or v.size == 0:
+                raise InvalidParameterError(
+                    f"device {dev} encoded {v.size} coordinates; expected {length}"
+                )
+            lo, hi = int(v.min()), int(v.max())
+            if lo < -half or hi >= half:
+                # Never let the encoder clip a (noisy) share: refuse instead.
+                raise InvalidParameterError(
+                    f"device {dev}: encoded values [{lo}, {hi}] exceed the "
+                    f"{bits}-bit range [{-half}, {half}); the encoding's headroom is too small"
+                )
+            vectors.append(v.astype(np.float64) + 0.5)
+        s = self.settings
+        clip_range = ((1 << bits) - 1) / 2.0  # step 2R/(2^q - 1) = 1: the encoder is exact
+        config = SecAggConfig(
+            n_clients=n,
+            vector_length=int(length or 1),
+            neighbours=s.neighbours,
+            threshold=s.threshold,
+            clip_range=clip_range,
+            precision_bits=bits,
+            sign_advertisements=s.sign_advertisements,
+            max_dropout_rate=s.max_dropout_rate,
+        )
+        result = self._run(round, devices, vectors, config, dropouts, channel)
         m = len(result.survivors)
-        self.last_error_bound = {k: m * 2.0 * s.bound(k) / (2**s.precision_bits - 1) for k in names}
+        exact = np.asarray(result.sum, dtype=np.float64) - 0.5 * m
+        total = np.rint(exact).astype(np.int64)
+        if not np.array_equal(total.astype(np.float64), exact):  # pragma: no cover - invariant
+            raise AssertionError("secure sum of integer encodings is not exact")
+        survivors = tuple(devices[i] for i in result.survivors)
+        sums = enc.decode(total, round=round, survivors=survivors, num_devices=n, shapes=shapes)
+        self.last_error_bound = {k: 0.0 for k in sums}
         self.last_bytes_per_client = float(np.mean(list(result.bytes_sent.values())))
-        return SumResult(sums, tuple(devices[i] for i in result.survivors))
+        return SumResult(sums, survivors)
