@@ -69,6 +69,11 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     ("collaboration=fedavg", {"collaboration": "fedavg"}),
     ("collaboration=fedprox", {"collaboration": "fedprox"}),
     ("collaboration=clustered_fedavg", {"collaboration": "clustered_fedavg"}),
+    ("finetune_epochs=10", {"finetune_epochs": 10}),
+    (
+        "Meta-init FedProx, finetune_epochs=10",
+        {"initial": "single_meta", "collaboration": "fedprox", "finetune_epochs": 10},
+    ),
 ]
 
 
@@ -144,9 +149,27 @@ SUITES = {
     "relayrec-synthetic": lambda a: _relayrec_jobs(
         "examples/relayrec_synthetic.toml", None, a.rounds, a.models
     ),
+    "default-ml100k": lambda a: [
+        {
+            "table": "default",
+            "row": "RelayRec, examples/relayrec_ml100k.toml as is",
+            "model": "dnn",
+            "config": "examples/relayrec_ml100k.toml",
+            "data_path": ML100K,
+            "overrides": {},
+        }
+    ],
     "ablations-ml100k": lambda a: _ablation_jobs("examples/relayrec_ml100k.toml", ML100K, a.rounds),
     "sweeps-ml100k": lambda a: _sweep_jobs("examples/relayrec_ml100k.toml", ML100K, a.rounds),
     "lcft-ml100k": lambda a: _lcft_jobs("examples/lcft_ml100k.toml", ML100K, a.models),
+    "lcft-ml100k-strong": lambda a: [
+        {
+            **j,
+            "table": "lcft:lcft_ml100k, local epochs 5, lr 0.005",
+            "overrides": {**j["overrides"], "local": {"epochs": 5, "lr": 0.005}},
+        }
+        for j in _lcft_jobs("examples/lcft_ml100k.toml", ML100K, a.models)
+    ],
     "lcft-synthetic": lambda a: _lcft_jobs("examples/lcft_synthetic.toml", None, a.models),
 }
 
