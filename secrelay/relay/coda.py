@@ -98,6 +98,10 @@ class CoDAOptions:
     baselines:
         Also score Local and Local+gate (off for sweeps that only vary K or σ:
         they do not depend on either).
+    ungated:
+        Also score, for every σ, plain fine-tuning (no gate) on all local rows +
+        the kept matched samples (``sigma_<σ>_nogate``): the augmentation's effect
+        without Algorithm 3's gate.
     """
 
     k: int = 100
@@ -118,6 +122,7 @@ class CoDAOptions:
     ttl_days: int = 30
     max_devices: int = 0
     baselines: bool = True
+    ungated: bool = False
 
     def __post_init__(self) -> None:
         p: list[str] = []
@@ -146,6 +151,7 @@ class CoDAOptions:
             "an int >= 0",
         )
         need(isinstance(self.baselines, bool), "baselines", "true or false")
+        need(isinstance(self.ungated, bool), "ungated", "true or false")
         need(0 <= self.sigma <= 1, "sigma", "in [0, 1]")
         need(
             all(0 <= s <= 1 for s in self.sigma_sweep), "sigma_sweep", "a list of values in [0, 1]"
@@ -299,6 +305,11 @@ class CoDADevice:
             for i, sigma in enumerate(sigmas):
                 keep = scores >= sigma
                 out[f"kept/{sigma:g}"] = int(keep.sum())
+                if o.ungated:
+                    plain = CTRDataset.concat([local, matched.subset(np.flatnonzero(keep))])
+                    model = self._fresh()
+                    train_epochs(model, plain, self.train_config, generator=g(4))
+                    out[f"sigma/{sigma:g}_nogate"] = predict(model, test)
                 if n_val == 0:
                     model = self._fresh()
                     train_epochs(model, local, self.train_config, generator=g(1))

@@ -379,12 +379,19 @@ def test_end_to_end_run_on_small_synthetic(tmp_path):
             "model": {"name": "dnn", "embedding_dim": 4, "options": {"hidden_units": [8]}},
             "cloud": {"epochs": 1, "batch_size": 64},
             "local": {"epochs": 1, "batch_size": 16, "lr": 0.01},
-            "method": {"name": "coda", "options": {"k": 4, "sigma_sweep": [0.0]}},
+            "method": {"name": "coda", "options": {"k": 4, "sigma_sweep": [0.0], "ungated": True}},
         }
     )
     res = run(cfg, tmp_path / "r", progress=False, log=lambda s: None)
     last = res.records[-1]
-    for key in ("gauc", "cloud/gauc", "local/gauc", "sigma_0/gauc", "local_gate/gauc"):
+    for key in (
+        "gauc",
+        "cloud/gauc",
+        "local/gauc",
+        "sigma_0/gauc",
+        "local_gate/gauc",
+        "sigma_0_nogate/gauc",
+    ):
         assert key in last
     assert last["n_matched"] > 0 and last["kept_0"] == pytest.approx(last["n_matched"])
     assert last["store/samples_stored"] <= last["store/sample_references"]
