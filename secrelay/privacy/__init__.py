@@ -1,0 +1,25 @@
+"""Privacy-preserving training paths that wrap the CTR models.
+
+Submodules
+----------
+:mod:`~secrelay.privacy.dp_embedding`
+    ``SparseEmbeddingDPSGD``: example-level DP-SGD whose embedding tables are clipped
+    with ghost norms and updated sparsely, so a step's cost does not grow with the
+    vocabulary.
+:mod:`~secrelay.privacy.dpsgd`
+    ``DPSGDTrainer``: a ``LocalTrainer`` running example-level DP-SGD through Opacus
+    (Poisson sampling, ghost clipping by default) that returns its ledger records.
+:mod:`~secrelay.privacy.user_dp`
+    User-level DP on the aggregates (DP-FedAvg) as wrappers: ``ClipUpdate`` (on the
+    device), ``CentralGaussianSum`` (server noise on plaintext sums) and
+    ``DistributedGaussianSum`` (distributed discrete Gaussian noise under SecAgg+).
+:mod:`~secrelay.privacy.federated`
+    ``privatize_loop`` (apply ``[privacy]`` to any ``FederatedLoop``) and
+    ``plan_round_records`` (the records a round could spend, for budget dry runs).
+:mod:`~secrelay.privacy.session`
+    ``PrivacySession``: a run's ledger (``privacy_ledger.jsonl``), budget checks before
+    each round, and ledger/checkpoint reconciliation on resume.
+
+The run-level report is :func:`secrelay.audit.audit` (``secrelay audit RUN_DIR``).
+See ``docs/privacy.md``.
+"""
