@@ -174,7 +174,18 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """``[privacy]``: protections wrapped around the method's flows."""
+    """``[privacy]``: protections wrapped around the method's flows.
+
+    Differential privacy (``docs/privacy.md``): ``dp_sgd`` turns on example-level
+    DP-SGD on the devices (``max_grad_norm``, and ``local_noise_multiplier`` or
+    ``local_target_epsilon`` over ``local_participations`` rounds, 0 = the most rounds
+    any device is sampled in); ``user_level_dp`` turns on DP-FedAvg (each device's
+    update clipped to ``clipping_norm``; noise ``noise_multiplier`` or calibrated to
+    ``target_epsilon`` over the planned rounds; central Gaussian noise, or distributed
+    discrete Gaussian noise under ``secure_aggregation``). ``user_epsilon`` and
+    ``example_epsilon`` are budgets at ``delta``: a round that could exceed one is
+    refused before it runs. Unset (``None``) numbers are not used.
+    """
 
     secure_aggregation: bool = False
     secagg_precision_bits: int = 24
@@ -182,8 +193,107 @@ class PrivacyConfig:
     secagg_neighbours: int = 0
     secagg_sign_advertisements: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    dp_sgd: bool = False
+    user_level_dp: bool = False
+    delta: float = 1e-5
+    accountant: Literal["prv", "rdp"] = "prv"
+    user_epsilon: float | None = None
+    example_epsilon: float | None = None
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    clipping_norm: float | None = None
+    max_grad_norm: float = 1.0
+    local_noise_multiplier: float | None = None
+    local_target_epsilon: float | None = None
+    local_participations: int = 0
+    grad_sample_mode: Literal["ghost", "hooks", "functorch", "ew"] = "ghost"
+    num_colluders: int = 0
+    noise_shares: Literal["participants", "threshold"] = "participants"
+    dp_scale: float | None = None
+    secure_noise: bool = False
+
+    @property
+    def differential_privacy(self) -> bool:
+        """Whether any DP mechanism is on (the run then keeps a privacy ledger)."""
+        return self.dp_sgd or self.user_level_dp
+
+    def _dp_problems(self) -> list[str]:
+        import math
+
+        problems: list[str] = []
+
+        def positive(name: str, value: float | None, *, required: bool = False) -> None:
+            if value is None:
+                if required:
+                    problems.append(f"privacy.{name} is required here")
+                return
+            if not (math.isfinite(value) and value > 0):
+                problems.append(f"privacy.{name} must be a finite number > 0; got {value}")
+
+        if not 0 < self.delta < 1:
+            problems.append(f"privacy.delta must be in (0, 1); got {self.delta}")
+        positive("user_epsilon", self.user_epsilon)
+        positive("example_epsilon", self.example_epsilon)
+        positive("noise_multiplier", self.noise_multiplier)
+        positive("target_epsilon", self.target_epsilon)
+        positive("clipping_norm", self.clipping_norm, required=self.user_level_dp)
+        positive("max_grad_norm", self.max_grad_norm)
+        positive("local_noise_multiplier", self.local_noise_multiplier)
+        positive("local_target_epsilon", self.local_target_epsilon)
+        positive("dp_scale", self.dp_scale)
+        if self.local_participations < 0:
+            problems.append(
+                "privacy.local_participations must be >= 0 (0 = the most rounds any device "
+                f"is sampled in); got {self.local_participations}"
+            )
+        if self.num_colluders < 0:
+            problems.append(f"privacy.num_colluders must be >= 0; got {self.num_colluders}")
+        if self.user_level_dp and (self.noise_multiplier is None) == (self.target_epsilon is None):
+            problems.append(
+                "privacy.user_level_dp needs exactly one of privacy.noise_multiplier and "
+                f"privacy.target_epsilon; got noise_multiplier={self.noise_multiplier}, "
+                f"target_epsilon={self.target_epsilon}"
+            )
+        if self.dp_sgd and (self.local_noise_multiplier is None) == (
+            self.local_target_epsilon is None
+        ):
+            problems.append(
+                "privacy.dp_sgd needs exactly one of privacy.local_noise_multiplier and "
+                f"privacy.local_target_epsilon; got local_noise_multiplier="
+                f"{self.local_noise_multiplier}, local_target_epsilon={self.local_target_epsilon}"
+            )
+        if not self.user_level_dp:
+            for name in ("noise_multiplier", "target_epsilon", "clipping_norm", "user_epsilon"):
+                if getattr(self, name) is not None:
+                    problems.append(f"privacy.{name} is set but privacy.user_level_dp is false")
+        if not self.dp_sgd:
+            for name in ("local_noise_multiplier", "local_target_epsilon", "example_epsilon"):
+                if getattr(self, name) is not None:
+                    problems.append(f"privacy.{name} is set but privacy.dp_sgd is false")
+        if self.num_colluders and not (self.user_level_dp and self.secure_aggregation):
+            problems.append(
+                "privacy.num_colluders applies to distributed noise only "
+                "(privacy.user_level_dp and privacy.secure_aggregation)"
+            )
+        return problems
 
     def __post_init__(self) -> None:
+        for name in (
+            "user_epsilon",
+            "example_epsilon",
+            "noise_multiplier",
+            "target_epsilon",
+            "clipping_norm",
+            "local_noise_multiplier",
+            "local_target_epsilon",
+            "dp_scale",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
+        problems = self._dp_problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
         if not 8 <= self.secagg_precision_bits <= 32:
             raise ConfigError(
                 f"privacy.secagg_precision_bits must be in [8, 32]; got {self.secagg_precision_bits}"
