@@ -213,6 +213,70 @@ def demo(
         _fail(e)
 
 
+@app.command()
+def audit(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (holds config.json).")],
+    accountant: Annotated[
+        str | None, typer.Option(help="Accountant of the headline ε (default: the run's).")
+    ] = None,
+    compare: Annotated[
+        str, typer.Option(help="Second accountant shown for comparison ('' for none).")
+    ] = "rdp",
+) -> None:
+    """The privacy budget report: ε per device and global, δ, mechanisms, ε over rounds.
+
+    Writes RUN_DIR/audit.json, audit.md and audit_epsilon.png.
+    """
+    from secrelay.audit import audit as run_audit
+
+    try:
+        report = run_audit(
+            run_dir,
+            accountant=accountant,
+            comparison=compare or None,
+            log=lambda s: console.print(s),
+        )
+    except SecrelayError as e:
+        _fail(e)
+        return
+
+    def f(v: object) -> str:
+        return "—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    table = Table(title=f"privacy audit of {run_dir} (δ = {report['delta']:g})")
+    for col in ("unit", "accountant", "ε (min)", "ε (median)", "ε (max)", "budget"):
+        table.add_column(col)
+    user = report["user_level"]
+    for a in report["accountants"]:
+        eps = user["epsilon"].get(a) if user.get("records") else None
+        table.add_row(
+            "user (global)", a, "", "", f(eps) if eps is not None else "∞", f(user.get("budget"))
+        )
+    ex = report["example_level"]
+    for a in report["accountants"]:
+        spent = ex["epsilon"].get(a)
+        if spent:
+            table.add_row(
+                f"example ({ex['devices']} devices)",
+                a,
+                f(spent["min"]),
+                f(spent["median"]),
+                f(spent["max"]),
+                f(ex.get("budget")),
+            )
+    out.print(table)
+    for m in report["mechanisms"]:
+        share = "" if m["share"] is None else f", share {100 * m['share']:.0f} %"
+        out.print(
+            f"{m['unit']}: {m['mechanism']} — {m['records']} records, ε alone "
+            f"{f(m['epsilon_alone'][report['accountant']])}{share}",
+            markup=False,
+        )
+    for note in report["notes"]:
+        out.print(f"note: {note}", markup=False)
+    out.print(f"report: {Path(run_dir) / 'audit.md'} (json, plot alongside)")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -13,6 +13,9 @@ Run directory layout::
     RUN_DIR/checkpoint.pt    the latest round's full state (atomic)
     RUN_DIR/summary.json     final metrics
     RUN_DIR/transcript.npz   the message transcript (when run.record_transcript)
+    RUN_DIR/privacy_ledger.jsonl  every DP release (when privacy.dp_sgd / user_level_dp;
+                             see docs/privacy.md): budgets are checked before each
+                             round, records appended before its checkpoint
 """
 
 from __future__ import annotations
@@ -24,12 +27,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
-from protocols.errors import ConfigError, InvalidParameterError
+from protocols.errors import ConfigError, InvalidParameterError, ProtocolAbort
 from secrelay.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
 from secrelay.config import RunConfig
 from secrelay.data.dataset import CTRDataset
@@ -47,6 +50,9 @@ from secrelay.federated.strategies import make_strategy
 from secrelay.federated.transcript import Channel, Transcript
 from secrelay.metrics import Metrics
 from secrelay.training import TrainConfig, evaluate_model, train_epochs
+
+if TYPE_CHECKING:
+    from protocols.dp.ledger import LedgerRecord
 
 __all__ = [
     "METHOD_REGISTRY",
@@ -180,6 +186,9 @@ class Method(abc.ABC):
     """A relay / federated learning method, driven round by round by the runner."""
 
     name: ClassVar[str] = "method"
+    # Whether the method applies privacy.dp_sgd / privacy.user_level_dp (a run that
+    # asks for them with a method that does not is refused).
+    supports_privacy: ClassVar[bool] = False
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
@@ -207,6 +216,14 @@ class Method(abc.ABC):
     def close(self) -> None:
         """Release resources (worker pools)."""
 
+    def planned_privacy_records(self, round: int) -> tuple[LedgerRecord, ...]:
+        """The DP records ``round`` could spend, computed before it runs (budget dry run)."""
+        return ()
+
+    def privacy_records(self, round: int) -> tuple[LedgerRecord, ...]:
+        """The DP records the last :meth:`run_round` (of ``round``) released."""
+        return ()
+
 
 METHOD_REGISTRY: dict[str, type[Method]] = {}
 
@@ -229,6 +246,7 @@ class FederatedMethod(Method):
     """
 
     name = "federated"
+    supports_privacy = True
 
     def setup(self) -> None:
         cfg = self.ctx.config
@@ -270,13 +288,30 @@ class FederatedMethod(Method):
             executor=self.ctx.executor,
             sum_protocol=make_sum_protocol(cfg),
         )
+        self._privacy_records: tuple[LedgerRecord, ...] = ()
+        if cfg.privacy.differential_privacy:
+            from secrelay.privacy.federated import privatize_loop
+
+            privatize_loop(self.loop, cfg, rounds=self.num_rounds())
 
     def num_rounds(self) -> int:
         return 1 if self.strategy.personalized else self.ctx.config.federated.rounds
 
     def run_round(self, round: int) -> dict[str, Any]:
         last = round == self.num_rounds()
-        return self.loop.run_round(round, evaluate=True if last else None).as_dict()
+        record = self.loop.run_round(round, evaluate=True if last else None)
+        self._privacy_records = record.privacy_records
+        return record.as_dict()
+
+    def planned_privacy_records(self, round: int) -> tuple[LedgerRecord, ...]:
+        if not self.ctx.config.privacy.differential_privacy:
+            return ()
+        from secrelay.privacy.federated import plan_round_records
+
+        return plan_round_records(self.loop, round)
+
+    def privacy_records(self, round: int) -> tuple[LedgerRecord, ...]:
+        return self._privacy_records
 
     def evaluate(self) -> Metrics:
         if self.strategy.personalized and not self.loop.personal_predictions:
@@ -391,25 +426,38 @@ def _execute(
     )
     method = _make_method(config, ctx)
     records: list[dict[str, Any]]
+    session = _privacy_session(config, method, run_dir, log)
     try:
         if state is None:
             method.setup()
             records = [_clean(_metrics_record(0, method.evaluate(), {"phase": "cloud"}))]
             start = 1
-            _save(run_dir, method, 0, records)
+            _save(run_dir, method, 0, records, session)
         else:
             method.load_state_dict(state["method"])
             records = [dict(r) for r in state["records"]]
             start = int(state["round"]) + 1
             write_jsonl(run_dir / "metrics.jsonl", records)
+            if session is not None:
+                session.reconcile(state.get("privacy"))
             log(f"resuming after round {start - 1}")
         total = method.num_rounds()
         with _progress(progress and config.run.progress, total, config.run.name) as bar:
             task = bar.add_task(config.run.name, total=total, completed=start - 1, status="")
             for t in range(start, total + 1):
-                rec = _clean(method.run_round(t))
+                if session is not None:
+                    # Dry run: refuse a round that could overspend, before it runs.
+                    session.check(method.planned_privacy_records(t))
+                try:
+                    rec = _clean(method.run_round(t))
+                except ProtocolAbort as exc:
+                    if session is not None:  # what was released before the abort
+                        session.spend(getattr(exc, "privacy_records", ()))
+                    raise
+                if session is not None:
+                    session.spend(method.privacy_records(t))
                 records.append(rec)
-                _save(run_dir, method, t, records)
+                _save(run_dir, method, t, records, session)
                 status = " ".join(
                     f"{k}={rec[k]:.4f}"
                     for k in ("gauc", "auc", "logloss")
@@ -440,12 +488,38 @@ def _execute(
         method.close()
 
 
-def _save(run_dir: Path, method: Method, round: int, records: list[dict[str, Any]]) -> None:
+def _privacy_session(
+    config: RunConfig, method: Method, run_dir: Path, log: Callable[[str], None]
+) -> Any:
+    """The run's privacy ledger and budget (``None`` without differential privacy)."""
+    if not config.privacy.differential_privacy:
+        return None
+    if not method.supports_privacy:
+        raise ConfigError(
+            f"method.name {config.method.name!r} does not apply privacy.dp_sgd / "
+            "privacy.user_level_dp yet; turn them off or use method.name = 'federated'"
+        )
+    from secrelay.privacy.federated import privacy_problems
+    from secrelay.privacy.session import PrivacySession
+
+    problems = privacy_problems(config)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return PrivacySession(run_dir, config, log=log)
+
+
+def _save(
+    run_dir: Path,
+    method: Method,
+    round: int,
+    records: list[dict[str, Any]],
+    session: Any = None,
+) -> None:
     write_jsonl(run_dir / "metrics.jsonl", records)
-    save_checkpoint(
-        run_dir / "checkpoint.pt",
-        {"round": round, "method": method.state_dict(), "records": records},
-    )
+    state: dict[str, Any] = {"round": round, "method": method.state_dict(), "records": records}
+    if session is not None:
+        state["privacy"] = session.state()
+    save_checkpoint(run_dir / "checkpoint.pt", state)
 
 
 def run(
@@ -470,7 +544,15 @@ def run(
             "or choose another directory (or pass overwrite)"
         )
     rd.mkdir(parents=True, exist_ok=True)
-    for stale in ("summary.json", "metrics.jsonl", "transcript.npz"):
+    for stale in (
+        "summary.json",
+        "metrics.jsonl",
+        "transcript.npz",
+        "privacy_ledger.jsonl",
+        "audit.json",
+        "audit.md",
+        "audit_epsilon.png",
+    ):
         (rd / stale).unlink(missing_ok=True)
     atomic_write_text(rd / "config.json", config.to_json())
     return _execute(config, rd, state=None, progress=progress, log=log, stop_after=stop_after)
