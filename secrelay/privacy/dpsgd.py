@@ -1,0 +1,320 @@
+"""Example-level DP-SGD on the device: a :class:`LocalTrainer` over Opacus.
+
+:class:`DPSGDTrainer` is a drop-in replacement for
+:class:`~secrelay.federated.client.PlainTrainer` wherever a
+:class:`~secrelay.federated.client.LocalTrainer` is used (FedAvg / FedProx local
+steps, personalised fine-tuning). Each round it makes the device's model private
+with :func:`protocols.dp.make_private_local_training` (Abadi et al., CCS 2016:
+Poisson sampling at rate q = 1 / ⌈n / batch_size⌉, per-example clipping to
+``max_grad_norm``, Gaussian noise of standard deviation ``noise_multiplier ·
+max_grad_norm`` on the summed gradient) and returns, through
+:meth:`train_round`, the ledger record of the round:
+``SelfComposedEvent(PoissonSampledEvent(q, GaussianEvent(z)), steps)`` with
+``steps = epochs × len(private loader)``, exactly the steps it takes.
+
+Privacy unit: one training example of this device. A device's example-level ε
+composes the records of the rounds it trained in (``ledger.epsilon(device=...)``).
+
+Noise. Either a fixed ``noise_multiplier`` z, or a ``target_epsilon``: z is then
+calibrated *per device* (q and the steps depend on the device's data size) so that
+``participations`` rounds of local training spend at most ``target_epsilon`` at
+``target_delta`` under ``accountant``. Calibration depends only on the data size
+and public hyper-parameters; results are cached per process.
+
+Gradient-sample modes. ``"ghost"`` (default) is ghost clipping (Li et al. 2022; Bu
+et al. 2023): per-example gradient norms without per-example gradients, so the
+embedding table (the bulk of a CTR model's parameters) costs one extra backward
+pass instead of a ``batch × vocabulary × dim`` tensor; ``"hooks"`` materialises
+per-example gradients. See ``docs/privacy.md`` for measured step times.
+
+FedProx. The proximal term μ/2‖w − w_ref‖² does not touch data, so it costs no
+privacy; it is applied as the exact proximal step
+``w ← (w + ημ w_ref) / (1 + ημ)`` after each private step (ghost clipping needs the
+per-example loss alone, so the term cannot be added to the loss as the plain
+trainer does; the two agree to first order in η).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from opacus.data_loader import DPDataLoader
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from protocols.dp import (
+    GRAD_SAMPLE_MODES,
+    GaussianEvent,
+    LedgerRecord,
+    PoissonSampledEvent,
+    SelfComposedEvent,
+    calibrate_noise_multiplier,
+    make_accountant,
+    make_private_local_training,
+)
+from protocols.errors import InvalidParameterError
+from secrelay.data.dataset import CTRDataset
+from secrelay.federated.client import DeviceData, DeviceTask, LocalTrainer, TrainOutcome
+from secrelay.models.base import CTRModel
+from secrelay.training import TrainConfig, make_optimizer
+
+__all__ = ["DPSGDTrainer"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _calibrated(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
+) -> float:
+    return calibrate_noise_multiplier(
+        target_epsilon=target_epsilon,
+        target_delta=delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        accountant=accountant,
+    )
+
+
+def _tensors(data: CTRDataset) -> TensorDataset:
+    x = torch.from_numpy(np.array(data.x, dtype=np.int64))
+    y = torch.from_numpy(np.array(data.y, dtype=np.float32))
+    return TensorDataset(x, y)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPSGDTrainer(LocalTrainer):
+    """Local training with example-level DP-SGD (Opacus, Poisson sampling).
+
+    Parameters
+    ----------
+    config:
+        Epochs, batch size (the *expected* batch under Poisson sampling), learning
+        rate, optimizer, weight decay and the FedProx μ, as for the plain trainer.
+    max_grad_norm:
+        Per-example clipping norm C, in (0, inf).
+    target_delta:
+        δ in (0, 1) the records are stated at (and calibration targets).
+    noise_multiplier:
+        z in (0, inf); exactly one of ``noise_multiplier`` and ``target_epsilon``.
+    target_epsilon:
+        Example-level ε in (0, inf) a device may spend over ``participations``
+        rounds; z is calibrated per device.
+    participations:
+        Rounds of local training the ``target_epsilon`` covers, >= 1.
+    grad_sample_mode:
+        ``"ghost"`` (default), ``"hooks"``, ``"functorch"`` or ``"ew"``.
+    accountant:
+        ``"prv"`` (default) or ``"rdp"``: calibration and Opacus' own accountant.
+    run_id:
+        Written into the ledger records.
+    secure_mode:
+        Opacus secure mode (CSPRNG noise and sampling; needs ``torchcsprng``).
+
+    Examples
+    --------
+    >>> from secrelay.training import TrainConfig
+    >>> t = DPSGDTrainer(config=TrainConfig(epochs=2, batch_size=8), max_grad_norm=1.0,
+    ...                  target_delta=1e-5, noise_multiplier=1.1)
+    >>> t.with_prox_mu(0.01).prox_mu
+    0.01
+    """
+
+    config: TrainConfig = field(default_factory=TrainConfig)
+    max_grad_norm: float
+    target_delta: float
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    participations: int = 1
+    grad_sample_mode: str = "ghost"
+    accountant: str = "prv"
+    run_id: str = "run"
+    secure_mode: bool = False
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+
+        def positive(name: str, value: object) -> None:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (ok and np.isfinite(float(value)) and float(value) > 0):  # type: ignore[arg-type]
+                problems.append(f"`{name}` must be a finite number > 0; got {value!r}")
+
+        positive("max_grad_norm", self.max_grad_norm)
+        if not (isinstance(self.target_delta, (int, float)) and 0 < float(self.target_delta) < 1):
+            problems.append(f"`target_delta` must be in (0, 1); got {self.target_delta!r}")
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            problems.append(
+                "exactly one of `noise_multiplier` and `target_epsilon` must be given; got "
+                f"noise_multiplier={self.noise_multiplier!r}, "
+                f"target_epsilon={self.target_epsilon!r}"
+            )
+        if self.noise_multiplier is not None:
+            positive("noise_multiplier", self.noise_multiplier)
+        if self.target_epsilon is not None:
+            positive("target_epsilon", self.target_epsilon)
+        if not isinstance(self.participations, int) or self.participations < 1:
+            problems.append(f"`participations` must be an int >= 1; got {self.participations!r}")
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            problems.append(
+                f"`grad_sample_mode` must be one of {list(GRAD_SAMPLE_MODES)}; "
+                f"got {self.grad_sample_mode!r}"
+            )
+        if self.config.epochs < 1:
+            problems.append(f"`config.epochs` must be >= 1 for DP-SGD; got {self.config.epochs}")
+        if not isinstance(self.run_id, str) or not self.run_id:
+            problems.append(f"`run_id` must be a non-empty string; got {self.run_id!r}")
+        try:
+            make_accountant(self.accountant)
+        except InvalidParameterError as e:
+            problems.append(str(e))
+        if problems:
+            raise InvalidParameterError("invalid DPSGDTrainer: " + "; ".join(problems))
+
+    # --- LocalTrainer ----------------------------------------------------------
+    @property
+    def prox_mu(self) -> float:
+        return self.config.prox_mu
+
+    def with_prox_mu(self, mu: float) -> DPSGDTrainer:
+        """A copy with the FedProx μ set (used by :class:`~secrelay.federated.strategies.FedProx`)."""
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, prox_mu=mu))
+
+    def train(
+        self,
+        model: CTRModel,
+        data: DeviceData,
+        *,
+        generator: torch.Generator,
+        reference: list[torch.Tensor] | None,
+    ) -> tuple[int, float]:
+        """Refused: DP-SGD must run through :meth:`train_round`, which returns the
+        ledger record; training here would spend privacy off the books."""
+        raise InvalidParameterError(
+            "DPSGDTrainer spends privacy and must be driven through train_round(..., task=...), "
+            "which returns its ledger record; call train_round instead of train"
+        )
+
+    # --- accounting --------------------------------------------------------------
+    def _loader(self, data: DeviceData) -> DataLoader[Any]:
+        if data.num_train < 1:
+            raise InvalidParameterError(f"device {data.device_id} has no training rows")
+        return DataLoader(_tensors(data.train), batch_size=self.config.batch_size)
+
+    def _shape(self, loader: DataLoader[Any]) -> tuple[float, int]:
+        """(q, steps) exactly as :func:`make_private_local_training` computes them."""
+        q = 1.0 / len(loader)
+        per_epoch = len(DPDataLoader.from_data_loader(loader, generator=torch.Generator()))
+        return q, self.config.epochs * per_epoch
+
+    def noise_multiplier_for(self, data: DeviceData) -> float:
+        """z this device uses: the fixed one, or the one calibrated to ``target_epsilon``."""
+        if self.noise_multiplier is not None:
+            return float(self.noise_multiplier)
+        assert self.target_epsilon is not None
+        q, steps = self._shape(self._loader(data))
+        return _calibrated(
+            float(self.target_epsilon),
+            float(self.target_delta),
+            q,
+            steps * self.participations,
+            self.accountant,
+        )
+
+    def planned_record(self, data: DeviceData, *, round: int) -> LedgerRecord:
+        """The record :meth:`train_round` will spend for ``data`` in ``round``, without
+        training (a dry run for budget checks). Depends only on the data size and
+        public hyper-parameters."""
+        q, steps = self._shape(self._loader(data))
+        z = self.noise_multiplier_for(data)
+        c = float(self.max_grad_norm)
+        return LedgerRecord(
+            run_id=self.run_id,
+            round=round,
+            mechanism=f"dp_sgd[{self.grad_sample_mode}]",
+            event=SelfComposedEvent(
+                event=PoissonSampledEvent(sample_rate=q, event=GaussianEvent(noise_multiplier=z)),
+                count=steps,
+            ),
+            unit="example",
+            devices=(str(data.device_id),),
+            delta=float(self.target_delta),
+            noise_multiplier=z,
+            sigma=z * c,
+            sensitivity=c,
+            sample_rate=q,
+            steps=steps,
+        )
+
+    # --- training ------------------------------------------------------------------
+    def train_round(
+        self,
+        model: CTRModel,
+        data: DeviceData,
+        *,
+        generator: torch.Generator,
+        reference: list[torch.Tensor] | None,
+        task: DeviceTask,
+    ) -> TrainOutcome:
+        """Train ``model`` in place with DP-SGD; return steps, loss and the ledger record."""
+        mu = self.config.prox_mu
+        if mu > 0 and reference is None:
+            raise InvalidParameterError("`reference` weights are required when prox_mu > 0")
+        loader = self._loader(data)
+        z = self.noise_multiplier_for(data)
+        optimizer = make_optimizer(model, self.config)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)
+            pt = make_private_local_training(
+                model,
+                optimizer,
+                loader,
+                target_delta=float(self.target_delta),
+                max_grad_norm=float(self.max_grad_norm),
+                epochs=self.config.epochs,
+                run_id=self.run_id,
+                round=task.round,
+                device_id=str(data.device_id),
+                noise_multiplier=z,
+                criterion=nn.BCEWithLogitsLoss(),
+                grad_sample_mode=self.grad_sample_mode,
+                secure_mode=self.secure_mode,
+                generator=None if self.secure_mode else generator,
+                accountant=self.accountant,
+            )
+            criterion = pt.criterion
+            assert criterion is not None
+            params = list(model.parameters())
+            shrink = 1.0 / (1.0 + self.config.lr * mu)
+            pt.module.train()
+            steps = 0
+            last_loss = float("nan")
+            for _ in range(self.config.epochs):
+                total, count = 0.0, 0
+                for xb, yb in pt.data_loader:
+                    pt.optimizer.zero_grad(set_to_none=True)
+                    loss = criterion(pt.module(xb), yb)
+                    loss.backward()
+                    pt.optimizer.step()  # an empty Poisson batch still takes a (noise-only) step
+                    if mu > 0 and reference is not None:
+                        with torch.no_grad():
+                            for p, r in zip(params, reference):
+                                p.mul_(shrink).add_(r, alpha=1.0 - shrink)
+                    steps += 1
+                    if len(yb):
+                        total += float(loss.item()) * len(yb)
+                        count += len(yb)
+                if count:
+                    last_loss = total / count
+            pt.optimizer.zero_grad(set_to_none=True)
+            close = getattr(pt.module, "_close", None)
+            if callable(close):
+                close()
+        if steps != pt.steps:
+            raise RuntimeError(
+                f"DP-SGD took {steps} steps but its ledger record accounts for {pt.steps}"
+            )
+        return TrainOutcome(steps, last_loss, pt.records)

@@ -1,0 +1,316 @@
+"""Put differential privacy around any :class:`~secrelay.federated.loop.FederatedLoop`.
+
+:func:`privatize_loop` is the one call a method makes after building its loop
+(``FederatedMethod`` does; the relay methods can do the same): it replaces the
+device trainer by :class:`~secrelay.privacy.dpsgd.DPSGDTrainer` (``privacy.dp_sgd``),
+appends :class:`~secrelay.privacy.user_dp.ClipUpdate` to the device's update
+transforms and wraps the sum protocol in a user-level DP sum (``privacy.user_level_dp``:
+central Gaussian noise on plaintext sums, distributed discrete Gaussian noise under
+secure aggregation). Strategies are not touched.
+
+:func:`plan_round_records` is the dry run of a round: the ledger records the round
+*could* spend, computed before it runs (DP-SGD's records depend only on each sampled
+device's data size and public hyper-parameters; the user-level record is the
+costliest the round can complete with), so a budget can refuse the round before any
+device trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from typing import Any
+
+from protocols.dp import LedgerRecord, calibrate_noise_multiplier, make_accountant
+from protocols.errors import ConfigError
+from secrelay.config import RunConfig
+from secrelay.federated.aggregation import PlaintextSum
+from secrelay.federated.client import (
+    ClientProgram,
+    LocalTrainingProgram,
+    PersonalizedProgram,
+    PlainTrainer,
+)
+from secrelay.federated.loop import FederatedLoop
+from secrelay.federated.secure import SecureSum
+from secrelay.privacy.dpsgd import DPSGDTrainer
+from secrelay.privacy.user_dp import (
+    CentralGaussianSum,
+    ClipUpdate,
+    DistributedGaussianSum,
+    UserLevelDPSum,
+)
+
+__all__ = [
+    "USER_DP_STRATEGIES",
+    "calibrate_user_noise",
+    "max_participations",
+    "plan_round_records",
+    "privacy_problems",
+    "privatize_loop",
+]
+
+# Strategies whose contributions are exactly ``delta`` and ``weight`` (FedAvg family).
+USER_DP_STRATEGIES = ("fedavg", "fedprox", "fedadagrad", "fedadam")
+
+
+def privacy_problems(config: RunConfig) -> list[str]:
+    """Cross-section checks of ``[privacy]`` against the rest of the config.
+
+    Returns every problem (empty when the configuration is consistent), each naming
+    the keys involved.
+    """
+    p = config.privacy
+    problems: list[str] = []
+    if p.user_level_dp and config.method.name == "federated":
+        name = config.strategy.name
+        if name not in USER_DP_STRATEGIES:
+            problems.append(
+                f"privacy.user_level_dp supports the strategies {list(USER_DP_STRATEGIES)} "
+                f"(contributions `delta` and `weight`); got strategy.name = {name!r}"
+            )
+        weighting = config.strategy.params.get("weighting", "samples")
+        if weighting != "uniform":
+            problems.append(
+                "privacy.user_level_dp needs strategy.params.weighting = 'uniform' (each "
+                f"device's weight 1, so the sensitivity is privacy.clipping_norm); got {weighting!r}"
+            )
+    return problems
+
+
+def max_participations(loop: FederatedLoop, rounds: int) -> int:
+    """The most rounds any device is sampled in over rounds ``1..rounds``.
+
+    Sampling is data-independent (it depends on the seed and the device ids only),
+    so this number is public and may be used to calibrate per-device noise.
+    """
+    counts: Counter[int] = Counter()
+    for t in range(1, rounds + 1):
+        counts.update(loop.sample(t))
+    return max(counts.values(), default=1) or 1
+
+
+def _expected_participants(config: RunConfig, population: int) -> float:
+    fed = config.federated
+    if fed.sampling == "poisson":
+        return fed.sample_rate * population
+    return float(min(fed.clients_per_round, population))
+
+
+def calibrate_user_noise(
+    config: RunConfig, *, population: int, dimension: int, rounds: int
+) -> float:
+    """The user-level noise multiplier z: ``privacy.noise_multiplier``, or the smallest
+    z found whose planned ``rounds`` rounds spend at most ``privacy.target_epsilon``.
+
+    The planned rounds are accounted as the run will record them (see
+    :mod:`secrelay.privacy.user_dp`): central Poisson rounds with amplification at
+    ``federated.sample_rate``; fixed-size rounds as full Gaussians; distributed rounds
+    as discrete-Gaussian events with the expected number of participants, all
+    surviving.
+    """
+    p = config.privacy
+    if p.noise_multiplier is not None:
+        return float(p.noise_multiplier)
+    assert p.target_epsilon is not None
+    target, delta = float(p.target_epsilon), float(p.delta)
+    if not p.secure_aggregation:
+        q = config.federated.sample_rate if config.federated.sampling == "poisson" else 1.0
+        return calibrate_noise_multiplier(
+            target_epsilon=target,
+            target_delta=delta,
+            sample_rate=q,
+            steps=rounds,
+            accountant=p.accountant,
+        )
+    n = max(2, round(_expected_participants(config, population)))
+    settings = _secure_settings(config)
+
+    def eps(z: float) -> float:
+        s = DistributedGaussianSum(
+            settings,
+            noise_multiplier=z,
+            clipping_norm=float(p.clipping_norm or 1.0),
+            delta=delta,
+            scale=p.dp_scale,
+            num_colluders=p.num_colluders,
+            noise_shares=p.noise_shares,
+        )
+        event = s.plan(n, dimension).event(num_survivors=n)
+        acc = make_accountant(p.accountant).compose(event, count=rounds)
+        return acc.get_epsilon(delta=delta)
+
+    low, high = 0.0, 1.0
+    while eps(high) > target:
+        if high >= 1e4:
+            raise ConfigError(
+                f"privacy.target_epsilon = {target} is unreachable with distributed noise over "
+                f"{rounds} rounds (z = {high:g} still spends {eps(high):.4g})"
+            )
+        low, high = high, 2.0 * high
+    while high - low > 1e-4 * high:
+        mid = 0.5 * (low + high)
+        if eps(mid) <= target:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def _secure_settings(config: RunConfig) -> Any:
+    from secrelay.experiment import make_sum_protocol
+
+    proto = make_sum_protocol(config.replace(privacy={"secure_aggregation": True}))
+    assert isinstance(proto, SecureSum)
+    return proto.settings
+
+
+def _private_program(
+    program: LocalTrainingProgram, config: RunConfig, participations: int
+) -> LocalTrainingProgram:
+    p = config.privacy
+    trainer = program.trainer
+    if p.dp_sgd:
+        if not isinstance(trainer, PlainTrainer):
+            raise ConfigError(
+                f"privacy.dp_sgd replaces the plain local trainer; this method trains with "
+                f"{type(trainer).__name__}"
+            )
+        trainer = DPSGDTrainer(
+            config=trainer.config,
+            max_grad_norm=p.max_grad_norm,
+            target_delta=p.delta,
+            noise_multiplier=p.local_noise_multiplier,
+            target_epsilon=p.local_target_epsilon,
+            participations=participations,
+            grad_sample_mode=p.grad_sample_mode,
+            accountant=p.accountant,
+            run_id=config.run.name,
+            secure_mode=p.secure_noise,
+        )
+    transforms = program.transforms
+    if p.user_level_dp:
+        assert p.clipping_norm is not None
+        transforms = (*transforms, ClipUpdate(float(p.clipping_norm)))
+    return dataclasses.replace(program, trainer=trainer, transforms=transforms)
+
+
+def privatize_loop(loop: FederatedLoop, config: RunConfig, *, rounds: int) -> FederatedLoop:
+    """Apply ``config.privacy``'s DP mechanisms to ``loop`` (in place; returned).
+
+    Parameters
+    ----------
+    loop:
+        A loop whose program is a :class:`LocalTrainingProgram` (or a
+        :class:`PersonalizedProgram` around one) with a :class:`PlainTrainer`, and whose
+        sum protocol is :class:`PlaintextSum` or :class:`SecureSum`.
+    config:
+        The run configuration.
+    rounds:
+        Planned number of rounds (calibration to ``target_epsilon`` and
+        ``local_target_epsilon``).
+
+    Raises
+    ------
+    ConfigError
+        If the loop's parts cannot be made private as configured.
+    """
+    p = config.privacy
+    problems = privacy_problems(config)
+    program: ClientProgram = loop.program
+    if p.dp_sgd or p.user_level_dp:
+        inner = program.inner if isinstance(program, PersonalizedProgram) else program
+        if not isinstance(inner, LocalTrainingProgram):
+            problems.append(
+                f"privacy.dp_sgd / privacy.user_level_dp need a LocalTrainingProgram; "
+                f"got {type(inner).__name__}"
+            )
+        if p.user_level_dp and loop.strategy.personalized:
+            problems.append(
+                f"privacy.user_level_dp protects released aggregates; strategy "
+                f"{loop.strategy.name!r} releases none"
+            )
+        if p.user_level_dp and getattr(loop.strategy, "weighting", "uniform") != "uniform":
+            problems.append(
+                "privacy.user_level_dp needs uniform weighting (strategy.params.weighting = "
+                f"'uniform'); the strategy uses {getattr(loop.strategy, 'weighting', None)!r}"
+            )
+        if problems:
+            raise ConfigError("; ".join(dict.fromkeys(problems)))
+        assert isinstance(inner, LocalTrainingProgram)
+        participations = 1
+        if p.dp_sgd and p.local_target_epsilon is not None:
+            participations = p.local_participations or max_participations(loop, rounds)
+        private = _private_program(inner, config, participations)
+        loop.program = (
+            dataclasses.replace(program, inner=private)
+            if isinstance(program, PersonalizedProgram)
+            else private
+        )
+    if p.user_level_dp:
+        assert p.clipping_norm is not None
+        dimension = int(next(iter(loop.strategy.models.values())).size)
+        z = calibrate_user_noise(
+            config, population=len(loop.devices), dimension=dimension, rounds=rounds
+        )
+        base = loop.sum_protocol
+        if isinstance(base, SecureSum):
+            loop.sum_protocol = DistributedGaussianSum(
+                base.settings,
+                noise_multiplier=z,
+                clipping_norm=float(p.clipping_norm),
+                delta=p.delta,
+                scale=p.dp_scale,
+                num_colluders=p.num_colluders,
+                noise_shares=p.noise_shares,
+                run_id=config.run.name,
+                seed=config.run.seed,
+                secure_noise=p.secure_noise,
+            )
+        elif isinstance(base, PlaintextSum):
+            loop.sum_protocol = CentralGaussianSum(
+                base,
+                noise_multiplier=z,
+                clipping_norm=float(p.clipping_norm),
+                delta=p.delta,
+                sampling=loop.config.sampling,
+                sample_rate=loop.config.sample_rate,
+                population=[int(d) for d in loop.device_ids],
+                run_id=config.run.name,
+                seed=config.run.seed,
+                secure_noise=p.secure_noise,
+            )
+        else:
+            raise ConfigError(
+                f"privacy.user_level_dp wraps PlaintextSum or SecureSum; got {type(base).__name__}"
+            )
+    return loop
+
+
+def plan_round_records(loop: FederatedLoop, round: int) -> tuple[LedgerRecord, ...]:
+    """The ledger records round ``round`` of ``loop`` could spend, before it runs.
+
+    Every sampled device's DP-SGD record (a device that drops out spends less), and
+    the costliest user-level record the round can complete with.
+    """
+    sampled = loop.sample(round)
+    out: list[LedgerRecord] = []
+    program = loop.program
+    inner = program.inner if isinstance(program, PersonalizedProgram) else program
+    if isinstance(inner, LocalTrainingProgram) and isinstance(inner.trainer, DPSGDTrainer):
+        for dev in sampled:
+            if loop.devices[dev].num_train:
+                out.append(inner.trainer.planned_record(loop.devices[dev], round=round))
+    proto = loop.sum_protocol
+    if isinstance(proto, UserLevelDPSum) and not loop.strategy.personalized:
+        dimension = int(next(iter(loop.strategy.models.values())).size)
+        rec = proto.planned_record(
+            round,
+            sampled,
+            dimension=dimension,
+            min_survivors=loop.config.min_survivors,
+            dropouts=loop.config.dropout_rate > 0,
+        )
+        if rec is not None:
+            out.append(rec)
+    return tuple(out)

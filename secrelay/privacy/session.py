@@ -1,0 +1,240 @@
+"""A run's privacy ledger and budget: ``RUN_DIR/privacy_ledger.jsonl``.
+
+:class:`PrivacySession` is what the experiment runner holds for a run with
+differential privacy. Per round it
+
+1. dry-runs the round's planned records against the budget
+   (:meth:`PrivacySession.check`) — a round that could overspend raises
+   :class:`~protocols.errors.BudgetExceededError` before it runs, leaving the
+   checkpoint and the ledger untouched;
+2. appends the records of what the round actually released
+   (:meth:`PrivacySession.spend`, atomic), *before* the round's checkpoint is written;
+3. reports :meth:`PrivacySession.state` (the number of records and a digest of the
+   ledger at that point) for the checkpoint.
+
+Resume. A crash between steps 2 and 3 leaves records of a round the checkpoint does
+not contain. :meth:`PrivacySession.reconcile` compares the ledger with the
+checkpoint's state: the records up to the checkpoint must match it byte for byte
+(otherwise the ledger is not this run's and the resume is refused); records after
+it belong to the interrupted round. With seeded noise (the default) the resumed run
+replays that round *identically* — same sampled devices, same updates, same noise —
+so the old records are dropped and re-spent once: nothing is double counted, and
+nothing new was revealed. With ``privacy.secure_noise`` the replay draws fresh noise,
+so the interrupted round's release is a second, independent release: its records
+are kept and the replay is counted again (conservative and correct).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from protocols.dp import (
+    BudgetReport,
+    DpEvent,
+    LedgerRecord,
+    PrivacyBudget,
+    PrivacyLedger,
+    make_accountant,
+)
+from protocols.errors import BudgetExceededError, DataFormatError
+from secrelay.config import RunConfig
+
+__all__ = ["LEDGER_FILE", "PrivacySession"]
+
+LEDGER_FILE = "privacy_ledger.jsonl"
+
+
+def _lines(path: Path) -> list[bytes]:
+    try:
+        return path.read_bytes().splitlines(keepends=True)
+    except FileNotFoundError:
+        return []
+
+
+def _digest(lines: Sequence[bytes]) -> str:
+    return hashlib.sha256(b"".join(lines)).hexdigest()
+
+
+def _key(events: Sequence[DpEvent]) -> tuple[tuple[DpEvent, int], ...]:
+    """Order-free key of a composition (ε depends on the multiset of events only)."""
+    counts: dict[DpEvent, int] = {}
+    for e in events:
+        counts[e] = counts.get(e, 0) + 1
+    return tuple(sorted(counts.items(), key=lambda kv: repr(kv[0])))
+
+
+class EpsilonCache:
+    """ε of compositions, memoised by their multiset of events.
+
+    Devices with the same data size and participation count share one composition,
+    so a run's many per-device ε's need few accountant evaluations.
+    """
+
+    def __init__(self, *, delta: float, accountant: str) -> None:
+        self.delta = delta
+        self.accountant = accountant
+        self._cache: dict[tuple[tuple[DpEvent, int], ...], float] = {}
+
+    def epsilon(self, events: Sequence[DpEvent]) -> float:
+        key = _key(events)
+        if key not in self._cache:
+            acc = make_accountant(self.accountant)
+            for event, count in key:
+                acc.compose(event, count=count)
+            self._cache[key] = acc.get_epsilon(delta=self.delta)
+        return self._cache[key]
+
+
+class PrivacySession:
+    """The privacy ledger and budget of one run directory.
+
+    Parameters
+    ----------
+    run_dir:
+        The run directory; the ledger is ``run_dir / "privacy_ledger.jsonl"``.
+    config:
+        The run's configuration (δ, accountant, budgets, noise mode).
+    log:
+        Where to report resume decisions.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        config: RunConfig,
+        *,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.path = Path(run_dir) / LEDGER_FILE
+        self.config = config
+        self.log = log
+        p = config.privacy
+        self.budget: PrivacyBudget | None = None
+        if p.user_epsilon is not None or p.example_epsilon is not None:
+            self.budget = PrivacyBudget(
+                delta=p.delta,
+                example_epsilon=p.example_epsilon,
+                user_epsilon=p.user_epsilon,
+                accountant=p.accountant,
+            )
+        self.ledger = PrivacyLedger.open(self.path)
+        self._cache = EpsilonCache(delta=p.delta, accountant=p.accountant)
+
+    # --- per round -------------------------------------------------------------
+    def check(self, planned: Sequence[LedgerRecord]) -> BudgetReport | None:
+        """Dry run of the round's planned records against the budget (appends nothing).
+
+        Raises
+        ------
+        BudgetExceededError
+            Naming every device / the global ε that would exceed the budget.
+        """
+        budget = self.budget
+        if budget is None or not planned:
+            return None
+        existing = self.ledger.records
+        per_device: dict[str, float] = {}
+        problems: list[str] = []
+        if budget.example_epsilon is not None:
+            covered = sorted({d for r in planned if r.unit == "example" for d in r.devices})
+            for device in covered:
+                events = [
+                    r.event
+                    for r in (*existing, *planned)
+                    if r.unit == "example" and r.covers(device)
+                ]
+                eps = per_device[device] = self._cache.epsilon(events)
+                if eps > budget.example_epsilon:
+                    problems.append(
+                        f"device {device!r}: example-level ε would be {eps:.6g} > budget "
+                        f"privacy.example_epsilon = {budget.example_epsilon:.6g}"
+                    )
+        user_eps: float | None = None
+        if budget.user_epsilon is not None and any(r.unit == "user" for r in planned):
+            events = [r.event for r in (*existing, *planned) if r.unit == "user"]
+            user_eps = self._cache.epsilon(events)
+            if user_eps > budget.user_epsilon:
+                problems.append(
+                    f"global user-level ε would be {user_eps:.6g} > budget "
+                    f"privacy.user_epsilon = {budget.user_epsilon:.6g}"
+                )
+        if problems:
+            rounds = sorted({r.round for r in planned})
+            raise BudgetExceededError(
+                f"refused round {', '.join(map(str, rounds))} before it ran, at δ = "
+                f"{budget.delta:g} ({budget.accountant} accountant): "
+                + "; ".join(problems)
+                + "; the checkpoint and the privacy ledger are unchanged"
+            )
+        return BudgetReport(delta=budget.delta, example_epsilon=per_device, user_epsilon=user_eps)
+
+    def spend(self, records: Sequence[LedgerRecord]) -> None:
+        """Append what a round released (atomic). Never refused: a release that
+        happened is always recorded; budgets are enforced by :meth:`check` before."""
+        if records:
+            self.ledger.spend(list(records))
+
+    def state(self) -> dict[str, Any]:
+        """What the checkpoint stores: the record count and the ledger's digest."""
+        lines = _lines(self.path)
+        return {"records": len(lines), "digest": _digest(lines)}
+
+    # --- resume --------------------------------------------------------------------
+    def reconcile(self, state: Mapping[str, Any] | None) -> None:
+        """Align the ledger with a checkpoint's :meth:`state` before resuming (module doc).
+
+        Raises
+        ------
+        DataFormatError
+            If the ledger holds fewer records than the checkpoint saw, or its first
+            records differ from the checkpoint's.
+        """
+        count = int(state["records"]) if state else 0
+        lines = _lines(self.path)
+        if len(lines) < count:
+            raise DataFormatError(
+                f"{self.path}: the checkpoint saw {count} ledger records but the file holds "
+                f"{len(lines)}; refusing to resume with a truncated privacy ledger"
+            )
+        if state and _digest(lines[:count]) != state.get("digest"):
+            raise DataFormatError(
+                f"{self.path}: the first {count} ledger records differ from those the "
+                "checkpoint saw; refusing to resume with a ledger of another run"
+            )
+        extra = len(lines) - count
+        if extra == 0:
+            return
+        if self.config.privacy.secure_noise:
+            self.log(
+                f"privacy ledger: keeping {extra} record(s) of the interrupted round; with "
+                "secure noise its replay is a new release and is counted again"
+            )
+            return
+        kept = list(self.ledger.records[:count])
+        tmp = self.path.with_name(f".{self.path.name}.resume.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        if kept:
+            PrivacyLedger(tmp).spend(kept)
+        else:
+            tmp.write_bytes(b"")
+        if _digest(_lines(tmp)) != _digest(lines[:count]):  # pragma: no cover - invariant
+            tmp.unlink()
+            raise DataFormatError(f"{self.path}: rewriting the ledger prefix changed its bytes")
+        os.replace(tmp, self.path)
+        if os.name == "posix":
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.ledger = PrivacyLedger.load(self.path)
+        self.log(
+            f"privacy ledger: dropped {extra} record(s) of the interrupted round, which the "
+            "resumed run replays identically (seeded noise)"
+        )

@@ -1,0 +1,650 @@
+"""User-level DP on the aggregates: DP-FedAvg (McMahan et al., ICLR 2018) as wrappers.
+
+Nothing here forks a strategy. User-level DP is three small pieces around any
+FedAvg-family strategy (FedAvg, FedProx, FedAdagrad, FedAdam) whose contributions
+are ``delta`` (the update) and ``weight`` (uniform weighting: 1 per device):
+
+* :class:`ClipUpdate` — an :class:`~secrelay.federated.client.UpdateTransform` that
+  clips the device's model update Δ_k to L2 norm ``clipping_norm`` C on the device;
+* :class:`CentralGaussianSum` — a :class:`~secrelay.federated.aggregation.SumProtocol`
+  wrapper: the server adds Gaussian noise N(0, (z·C)² I) to the plaintext sum of the
+  clipped updates (central DP: the server is trusted with the individual updates);
+* :class:`DistributedGaussianSum` — with secure aggregation: every device clips,
+  quantises and adds its share of *distributed discrete Gaussian* noise in the
+  integer domain **before masking** (Kairouz, Liu & Steinke, ICML 2021, through
+  :class:`protocols.dp.DistributedDiscreteGaussianPlan`), and SecAgg+ sums the
+  integers exactly (:class:`~secrelay.federated.secure.SecureSum` with a
+  :class:`~secrelay.federated.secure.DeviceEncoding`), so the server only ever
+  decodes a noised sum.
+
+Sensitivity. Privacy unit: the user (device) — its whole update. Each wrapper
+re-clips every device's ``delta`` jointly to C on the device side (a no-op after
+:class:`ClipUpdate`, but it makes the bound hold for any contribution rule), and the
+released sum changes by at most C in L2 when one user is added or removed.
+
+The denominator. ``weight`` is never taken from the devices: the wrappers replace
+its sum by a public number, so the count of participants is not released through
+the model. With central noise and Poisson sampling it is the *expected* number of
+participants q·N (McMahan et al.'s fixed-denominator estimator f̃_f); otherwise it
+is the number of survivors, which the server knows from the protocol anyway (and
+which the accounting below does not hide: no amplification is claimed there).
+
+Accounting (one ledger record per round, unit ``"user"``):
+
+==========================  ===============================================  =======================
+noise / sampling            event per round                                  ``devices`` of the record
+==========================  ===============================================  =======================
+central, Poisson(q)         ``PoissonSampledEvent(q, GaussianEvent(z))``     the whole population
+central, fixed-size         ``GaussianEvent(z)`` (no amplification, q = 1)   the survivors
+distributed (SecAgg)        ``DistributedDiscreteGaussianEvent`` of the      the survivors
+                            honest survivors (no amplification)
+==========================  ===============================================  =======================
+
+* Poisson amplification needs the sample to be hidden from the adversary. With
+  central DP the trusted server keeps it; the amplified guarantee then holds for
+  every user, sampled or not, so the record lists the whole population and a
+  per-device query gives the same (correct) ε as the global one.
+* Fixed-size sampling (N of the population, without replacement) is accounted
+  without amplification: amplification by sampling without replacement holds only
+  under the replace-one relation, which the Gaussian accounting here does not use.
+  Each round then costs a full Gaussian for the devices in it.
+* Under secure aggregation the adversary is the server, which sees who takes part;
+  amplification does not apply against it (and the discrete-Gaussian accountant has
+  no amplification analysis). Dropouts leave fewer noise shares: the round is
+  accounted with the **actual** number of honest survivors m − ``num_colluders``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from protocols.dp import (
+    DistributedDiscreteGaussianPlan,
+    DpEvent,
+    GaussianEvent,
+    LedgerRecord,
+    PoissonSampledEvent,
+    clip_by_l2_norm,
+    gaussian_mechanism,
+    make_generator,
+)
+from protocols.dp.rng import RandomGenerator
+from protocols.errors import InvalidParameterError
+from protocols.secagg import SecAggConfig
+from secrelay.federated.aggregation import SumProtocol, SumResult, check_contributions
+from secrelay.federated.client import UpdateTransform
+from secrelay.federated.secure import DeviceEncoding, SecureSum, SecureSumSettings
+from secrelay.federated.transcript import Channel
+
+__all__ = [
+    "NOISED_NAME",
+    "WEIGHT_NAME",
+    "CentralGaussianSum",
+    "ClipUpdate",
+    "DistributedGaussianSum",
+    "PrivateSumResult",
+    "UserLevelDPSum",
+]
+
+NOISED_NAME = "delta"
+WEIGHT_NAME = "weight"
+NoiseShares = Literal["participants", "threshold"]
+
+
+def _positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidParameterError(f"`{name}` must be a finite number > 0; got {value!r}")
+    v = float(value)
+    if not (math.isfinite(v) and v > 0):
+        raise InvalidParameterError(f"`{name}` must be a finite number > 0; got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class ClipUpdate(UpdateTransform):
+    """Clip the device's flat model update to L2 norm ``clipping_norm`` (on the device).
+
+    The result satisfies ``‖Δ‖₂ <= clipping_norm`` exactly, also for adversarially
+    large inputs (:func:`protocols.dp.clip_by_l2_norm`).
+    """
+
+    clipping_norm: float
+
+    def __post_init__(self) -> None:
+        _positive("clipping_norm", self.clipping_norm)
+
+    def apply(self, delta: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
+        return clip_by_l2_norm(delta, clipping_norm=self.clipping_norm)
+
+
+@dataclass(frozen=True)
+class PrivateSumResult(SumResult):
+    """A :class:`SumResult` that also carries the ledger records of its release
+    (collected by :class:`~secrelay.federated.loop.FederatedLoop`)."""
+
+    privacy_records: tuple[LedgerRecord, ...] = ()
+
+
+def _clip_contributions(
+    contributions: Mapping[int, Mapping[str, np.ndarray]], clipping_norm: float
+) -> dict[int, dict[str, np.ndarray]]:
+    """Device side: keep only ``delta``, re-clipped to C; refuse any other name."""
+    shapes = check_contributions(contributions)
+    unknown = sorted(set(shapes) - {NOISED_NAME, WEIGHT_NAME})
+    if unknown or (contributions and NOISED_NAME not in shapes):
+        raise InvalidParameterError(
+            f"user-level DP protects contributions {{{NOISED_NAME!r}, {WEIGHT_NAME!r}}} "
+            f"(FedAvg-family strategies with uniform weighting); got names {sorted(shapes)} — "
+            f"{unknown or [NOISED_NAME]} would be released without protection"
+        )
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for dev in sorted(contributions):
+        c = contributions[dev]
+        if WEIGHT_NAME in c:
+            w = np.asarray(c[WEIGHT_NAME], dtype=np.float64)
+            if w.size != 1 or float(w.ravel()[0]) != 1.0:
+                raise InvalidParameterError(
+                    f"user-level DP needs uniform weighting (weight 1 per device); device "
+                    f"{dev} contributes weight {w.ravel().tolist()} — use weighting = 'uniform'"
+                )
+        clipped = clip_by_l2_norm(
+            np.asarray(c[NOISED_NAME], dtype=np.float64).ravel(), clipping_norm=clipping_norm
+        )
+        out[dev] = {NOISED_NAME: clipped.reshape(np.shape(c[NOISED_NAME]))}
+    return out
+
+
+class UserLevelDPSum(SumProtocol):
+    """Common base of the user-level DP sum wrappers.
+
+    Parameters
+    ----------
+    noise_multiplier:
+        z in (0, inf): the noise on the sum has standard deviation z·C (central)
+        or z·Δ in the integer domain (distributed).
+    clipping_norm:
+        C in (0, inf): the L2 bound of each device's update.
+    delta:
+        δ in (0, 1) the records are stated at.
+    run_id:
+        Written into the ledger records.
+    seed:
+        Root of the per-round noise seeds (reproducible simulations, identical
+        replays on resume). ``secure_noise=True`` ignores it and draws from the OS
+        CSPRNG, as a deployment must.
+    secure_noise:
+        Draw the noise from :func:`protocols.dp.make_generator` ``(secure=True)``.
+    """
+
+    mechanism: str = "dp_fedavg"
+
+    def __init__(
+        self,
+        *,
+        noise_multiplier: float,
+        clipping_norm: float,
+        delta: float,
+        run_id: str = "run",
+        seed: int = 0,
+        secure_noise: bool = False,
+    ) -> None:
+        self.noise_multiplier = _positive("noise_multiplier", noise_multiplier)
+        self.clipping_norm = _positive("clipping_norm", clipping_norm)
+        if not (isinstance(delta, (int, float)) and 0 < float(delta) < 1):
+            raise InvalidParameterError(f"`delta` must be in (0, 1); got {delta!r}")
+        self.delta = float(delta)
+        if not isinstance(run_id, str) or not run_id:
+            raise InvalidParameterError(f"`run_id` must be a non-empty string; got {run_id!r}")
+        self.run_id = run_id
+        self.seed = int(seed)
+        self.secure_noise = bool(secure_noise)
+
+    def _generator(self, round: int, *purpose: int) -> RandomGenerator:
+        if self.secure_noise:
+            return make_generator(secure=True)
+        return np.random.default_rng(np.random.SeedSequence([self.seed, round, 17, *purpose]))
+
+    def _record(
+        self,
+        round: int,
+        event: DpEvent,
+        devices: Sequence[int | str],
+        *,
+        sigma: float,
+        sensitivity: float,
+        sample_rate: float | None,
+    ) -> LedgerRecord:
+        return LedgerRecord(
+            run_id=self.run_id,
+            round=round,
+            mechanism=self.mechanism,
+            event=event,
+            unit="user",
+            devices=tuple(str(d) for d in devices),
+            delta=self.delta,
+            noise_multiplier=self.noise_multiplier,
+            sigma=sigma,
+            sensitivity=sensitivity,
+            sample_rate=sample_rate,
+            steps=1,
+        )
+
+    def planned_record(
+        self,
+        round: int,
+        sampled: Sequence[int],
+        *,
+        dimension: int,
+        min_survivors: int,
+        dropouts: bool,
+    ) -> LedgerRecord | None:
+        """The costliest record this round can spend (a dry run for budget checks).
+
+        ``sampled`` are the devices sampled for ``round``; ``dimension`` the length
+        of the update; ``min_survivors`` the fewest survivors with which the round
+        still completes; ``dropouts`` whether devices may drop out. ``None`` when
+        the round cannot release anything.
+        """
+        raise NotImplementedError
+
+
+class CentralGaussianSum(UserLevelDPSum):
+    """Central DP-FedAvg: the server noises the sum of clipped updates.
+
+    Parameters
+    ----------
+    inner:
+        The sum protocol that delivers Σ clip(Δ_k) (plaintext: a trusted server).
+    sampling:
+        ``"poisson"`` (amplified by ``sample_rate``) or ``"fixed"`` (q = 1).
+    sample_rate:
+        Poisson rate q in (0, 1] (``"poisson"`` only).
+    population:
+        Ids of every device that can be sampled (N = its size); the records of a
+        Poisson-sampled run cover all of them.
+    others:
+        See :class:`UserLevelDPSum`.
+
+    Examples
+    --------
+    >>> from secrelay.federated.aggregation import PlaintextSum
+    >>> from secrelay.federated.transcript import Channel
+    >>> s = CentralGaussianSum(PlaintextSum(), noise_multiplier=1.0, clipping_norm=0.5,
+    ...     delta=1e-5, sampling="poisson", sample_rate=0.5, population=(0, 1, 2, 3))
+    >>> res = s.aggregate(1, {0: {"delta": np.ones(3), "weight": np.ones(1)},
+    ...                       2: {"delta": np.zeros(3), "weight": np.ones(1)}}, Channel())
+    >>> res.sums["weight"], res.privacy_records[0].devices
+    (array([2.]), ('0', '1', '2', '3'))
+    """
+
+    mechanism = "dp_fedavg[central_gaussian]"
+
+    def __init__(
+        self,
+        inner: SumProtocol,
+        *,
+        noise_multiplier: float,
+        clipping_norm: float,
+        delta: float,
+        sampling: Literal["poisson", "fixed"],
+        population: Sequence[int],
+        sample_rate: float = 1.0,
+        run_id: str = "run",
+        seed: int = 0,
+        secure_noise: bool = False,
+    ) -> None:
+        super().__init__(
+            noise_multiplier=noise_multiplier,
+            clipping_norm=clipping_norm,
+            delta=delta,
+            run_id=run_id,
+            seed=seed,
+            secure_noise=secure_noise,
+        )
+        if sampling not in ("poisson", "fixed"):
+            raise InvalidParameterError(
+                f"`sampling` must be 'poisson' or 'fixed'; got {sampling!r}"
+            )
+        if not (isinstance(sample_rate, (int, float)) and 0 < float(sample_rate) <= 1):
+            raise InvalidParameterError(f"`sample_rate` must be in (0, 1]; got {sample_rate!r}")
+        if not population:
+            raise InvalidParameterError("`population` must list at least one device")
+        self.inner = inner
+        self.sampling = sampling
+        self.sample_rate = float(sample_rate)
+        self.population = tuple(sorted(int(d) for d in population))
+        self.stages = tuple(inner.stages)
+
+    @property
+    def expected_participants(self) -> float:
+        """The public denominator q·N of Poisson rounds."""
+        return self.sample_rate * len(self.population)
+
+    def event(self) -> DpEvent:
+        """The privacy event of one round."""
+        g = GaussianEvent(noise_multiplier=self.noise_multiplier)
+        if self.sampling == "poisson" and self.sample_rate < 1.0:
+            return PoissonSampledEvent(sample_rate=self.sample_rate, event=g)
+        return g
+
+    def _covered(self, survivors: Sequence[int]) -> Sequence[int]:
+        return self.population if self.sampling == "poisson" else survivors
+
+    def planned_record(
+        self,
+        round: int,
+        sampled: Sequence[int],
+        *,
+        dimension: int,
+        min_survivors: int,
+        dropouts: bool,
+    ) -> LedgerRecord | None:
+        if not sampled:
+            return None
+        return self._record(
+            round,
+            self.event(),
+            self._covered(sorted(sampled)),
+            sigma=self.noise_multiplier * self.clipping_norm,
+            sensitivity=self.clipping_norm,
+            sample_rate=self.sample_rate if self.sampling == "poisson" else None,
+        )
+
+    def aggregate(
+        self,
+        round: int,
+        contributions: Mapping[int, Mapping[str, np.ndarray]],
+        channel: Channel,
+        *,
+        dropouts: Mapping[int, str] | None = None,
+    ) -> PrivateSumResult:
+        clipped = _clip_contributions(contributions, self.clipping_norm)
+        result = self.inner.aggregate(round, clipped, channel, dropouts=dropouts)
+        survivors = tuple(result.survivors)
+        if not survivors:
+            return PrivateSumResult({}, survivors)
+        total = np.asarray(result.sums[NOISED_NAME], dtype=np.float64)
+        noisy, event = gaussian_mechanism(
+            total,
+            noise_multiplier=self.noise_multiplier,
+            clipping_norm=self.clipping_norm,
+            generator=self._generator(round),
+        )
+        assert event == GaussianEvent(noise_multiplier=self.noise_multiplier)
+        denominator = (
+            self.expected_participants if self.sampling == "poisson" else float(len(survivors))
+        )
+        record = self._record(
+            round,
+            self.event(),
+            self._covered(survivors),
+            sigma=self.noise_multiplier * self.clipping_norm,
+            sensitivity=self.clipping_norm,
+            sample_rate=self.sample_rate if self.sampling == "poisson" else None,
+        )
+        return PrivateSumResult(
+            {NOISED_NAME: np.asarray(noisy), WEIGHT_NAME: np.array([denominator])},
+            survivors,
+            (record,),
+        )
+
+
+def auto_scale(*, clipping_norm: float, dimension: int, gamma: float = 8.0) -> float:
+    """Integer units per float unit so that ``C·scale = gamma·√d``.
+
+    The conditional-rounding bound inflates the integer sensitivity to about
+    ``√((C·s)² + d/4 + (C·s + √d/2))`` (β = e^{−1/2}), i.e. by a factor
+    ``√(1 + 1/(4γ²) + 1/(γ√d))``: 0.2 % for γ = 8.
+    """
+    return gamma * math.sqrt(dimension) / _positive("clipping_norm", clipping_norm)
+
+
+class _DDGEncoding(DeviceEncoding):
+    """Each device: clip, scale, conditionally round, add its discrete Gaussian share."""
+
+    def __init__(self, owner: DistributedGaussianSum, dimension: int) -> None:
+        self.owner = owner
+        self.dimension = dimension
+
+    def precision_bits(
+        self, *, round: int, num_devices: int, shapes: Mapping[str, tuple[int, ...]]
+    ) -> int:
+        return self.owner.precision_bits(self.owner.plan(num_devices, self.dimension))
+
+    def encode(
+        self, contribution: Mapping[str, np.ndarray], *, round: int, device: int, num_devices: int
+    ) -> np.ndarray:
+        plan = self.owner.plan(num_devices, self.dimension)
+        gen = self.owner._generator(round, int(device))
+        return plan.encode(np.asarray(contribution[NOISED_NAME]).ravel(), generator=gen)
+
+    def decode(
+        self,
+        total: np.ndarray,
+        *,
+        round: int,
+        survivors: tuple[int, ...],
+        num_devices: int,
+        shapes: Mapping[str, tuple[int, ...]],
+    ) -> dict[str, np.ndarray]:
+        plan = self.owner.plan(num_devices, self.dimension)
+        self.owner.last_integer_sum = np.asarray(total, dtype=np.int64).copy()
+        return {NOISED_NAME: plan.decode(total).reshape(shapes[NOISED_NAME])}
+
+
+class DistributedGaussianSum(UserLevelDPSum):
+    """Distributed DP-FedAvg under SecAgg+: each device adds discrete Gaussian noise
+    to its quantised update before masking; the server decodes only the noised sum.
+
+    Per round with n devices entering the protocol, the plan
+    (:class:`protocols.dp.DistributedDiscreteGaussianPlan`) uses
+    ``min_survivors`` = n (``noise_shares="participants"``: if all survive, the total
+    noise variance is exactly (z·Δ)²; dropouts leave less noise and are accounted with
+    the actual survivors) or the SecAgg threshold t (``"threshold"``: every round that
+    completes carries at least (z·Δ)², at the price of more noise). Δ is the
+    integer-domain L2 sensitivity after conditional rounding of ``C·scale``.
+
+    Modulus and headroom. A device's integer vector is bounded per coordinate by
+    ``Δ + k·σ_dev`` with ``k = headroom_sigmas`` (|rounded coordinate| <= its vector's
+    norm <= Δ, plus the noise share's tail); the word precision is
+    ``q = ⌈log2(Δ + k·σ_dev + 1)⌉ + 1`` bits, and SecAgg+ sums modulo
+    ``2^(q + ⌈log2 n⌉)``, which never wraps. A share beyond the headroom
+    (probability <= 2·d·e^{−k²/2} per device, about 10^-27 for k = 12, d = 10^5) is
+    refused by :class:`~secrelay.federated.secure.SecureSum` with an error — never
+    clipped, which would void the analysis.
+
+    Parameters
+    ----------
+    settings:
+        Secure-sum graph settings (neighbours, threshold, signing, dropout rate).
+    scale:
+        Integer units per float unit; ``None``: :func:`auto_scale` (γ = 8).
+    num_colluders:
+        Devices assumed to collude with the server; their noise is not counted.
+    noise_shares:
+        ``"participants"`` or ``"threshold"`` (above).
+    headroom_sigmas:
+        k above, >= 8.
+    others:
+        See :class:`UserLevelDPSum`.
+    """
+
+    mechanism = "dp_fedavg[distributed_discrete_gaussian]"
+
+    def __init__(
+        self,
+        settings: SecureSumSettings | None = None,
+        *,
+        noise_multiplier: float,
+        clipping_norm: float,
+        delta: float,
+        scale: float | None = None,
+        num_colluders: int = 0,
+        noise_shares: NoiseShares = "participants",
+        headroom_sigmas: float = 12.0,
+        run_id: str = "run",
+        seed: int = 0,
+        secure_noise: bool = False,
+    ) -> None:
+        super().__init__(
+            noise_multiplier=noise_multiplier,
+            clipping_norm=clipping_norm,
+            delta=delta,
+            run_id=run_id,
+            seed=seed,
+            secure_noise=secure_noise,
+        )
+        self.settings = settings or SecureSumSettings()
+        self.scale = None if scale is None else _positive("scale", scale)
+        if (
+            isinstance(num_colluders, bool)
+            or not isinstance(num_colluders, int)
+            or num_colluders < 0
+        ):
+            raise InvalidParameterError(
+                f"`num_colluders` must be an int >= 0; got {num_colluders!r}"
+            )
+        self.num_colluders = num_colluders
+        if noise_shares not in ("participants", "threshold"):
+            raise InvalidParameterError(
+                f"`noise_shares` must be 'participants' or 'threshold'; got {noise_shares!r}"
+            )
+        self.noise_shares: NoiseShares = noise_shares
+        if not (isinstance(headroom_sigmas, (int, float)) and headroom_sigmas >= 8):
+            raise InvalidParameterError(f"`headroom_sigmas` must be >= 8; got {headroom_sigmas!r}")
+        self.headroom_sigmas = float(headroom_sigmas)
+        self.stages = SecureSum.stages
+        self.last_integer_sum: np.ndarray | None = None
+        self.last_plan: DistributedDiscreteGaussianPlan | None = None
+
+    def threshold(self, num_devices: int, dimension: int) -> int:
+        """The SecAgg+ threshold t of a round with ``num_devices`` devices."""
+        s = self.settings
+        cfg = SecAggConfig(
+            n_clients=max(num_devices, 2),
+            vector_length=dimension,
+            neighbours=s.neighbours,
+            threshold=s.threshold,
+            max_dropout_rate=s.max_dropout_rate,
+        )
+        assert cfg.threshold is not None
+        return int(cfg.threshold)
+
+    def plan(self, num_devices: int, dimension: int) -> DistributedDiscreteGaussianPlan:
+        """The public noise plan of a round with ``num_devices`` devices."""
+        shares = (
+            num_devices
+            if self.noise_shares == "participants"
+            else min(num_devices, self.threshold(num_devices, dimension))
+        )
+        if shares - self.num_colluders < 1:
+            raise InvalidParameterError(
+                f"{num_devices} devices with `num_colluders` = {self.num_colluders} leave no "
+                "honest noise share; sample more devices or assume fewer colluders"
+            )
+        scale = self.scale or auto_scale(clipping_norm=self.clipping_norm, dimension=dimension)
+        return DistributedDiscreteGaussianPlan(
+            noise_multiplier=self.noise_multiplier,
+            clipping_norm=self.clipping_norm,
+            scale=scale,
+            dimension=dimension,
+            min_survivors=shares,
+            num_colluders=self.num_colluders,
+        )
+
+    def precision_bits(self, plan: DistributedDiscreteGaussianPlan) -> int:
+        """Word precision q holding ``Δ + k·σ_dev`` in ``[−2^(q−1), 2^(q−1))``."""
+        bound = plan.l2_sensitivity + self.headroom_sigmas * math.sqrt(plan.per_device_variance)
+        bits = math.ceil(math.log2(math.floor(bound) + 1)) + 1
+        if bits > 32:
+            raise InvalidParameterError(
+                f"the noisy shares need {bits} > 32 bits per coordinate (Δ = "
+                f"{plan.l2_sensitivity:.4g}, σ_dev = {math.sqrt(plan.per_device_variance):.4g});"
+                " lower `scale`"
+            )
+        return max(bits, 2)
+
+    def planned_record(
+        self,
+        round: int,
+        sampled: Sequence[int],
+        *,
+        dimension: int,
+        min_survivors: int,
+        dropouts: bool,
+    ) -> LedgerRecord | None:
+        """The largest-ρ record over the devices that may enter the protocol (n) and
+        survive (m): with dropouts, n and m range down to the fewest the round
+        accepts (``min_survivors``, the SecAgg threshold)."""
+        n_max = len(sampled)
+        if n_max < 2:
+            return None
+        worst: tuple[float, DpEvent, DistributedDiscreteGaussianPlan] | None = None
+        n_range = range(max(2, min_survivors), n_max + 1) if dropouts else (n_max,)
+        for n in n_range:
+            plan = self.plan(n, dimension)
+            lowest = max(min_survivors, self.threshold(n, dimension)) if dropouts else n
+            for m in range(max(lowest, self.num_colluders + 1), n + 1):
+                ev = plan.event(num_survivors=m)
+                if worst is None or ev.rho > worst[0]:
+                    worst = (ev.rho, ev, plan)
+        if worst is None:
+            return None
+        _, event, plan = worst
+        assert isinstance(event, DpEvent)
+        return self._record(
+            round,
+            event,
+            sorted(sampled),
+            sigma=math.sqrt(plan.per_device_variance * getattr(event, "num_shares", 1))
+            / plan.scale,
+            sensitivity=self.clipping_norm,
+            sample_rate=None,
+        )
+
+    def aggregate(
+        self,
+        round: int,
+        contributions: Mapping[int, Mapping[str, np.ndarray]],
+        channel: Channel,
+        *,
+        dropouts: Mapping[int, str] | None = None,
+    ) -> PrivateSumResult:
+        clipped = _clip_contributions(contributions, self.clipping_norm)
+        if not clipped:
+            return PrivateSumResult({}, ())
+        dimension = int(next(iter(clipped.values()))[NOISED_NAME].size)
+        n = len(clipped)
+        plan = self.plan(n, dimension)
+        self.last_plan = plan
+        inner = SecureSum(
+            self.settings, seed=self.seed, device_encoding=_DDGEncoding(self, dimension)
+        )
+        result = inner.aggregate(round, clipped, channel, dropouts=dropouts)
+        self.last_bytes_per_client = inner.last_bytes_per_client
+        survivors = tuple(result.survivors)
+        m = len(survivors)
+        if m - self.num_colluders < 1:
+            raise InvalidParameterError(
+                f"round {round}: {m} survivors with `num_colluders` = {self.num_colluders} "
+                "leave no honest noise share"
+            )
+        event = plan.event(num_survivors=m)
+        record = self._record(
+            round,
+            event,
+            survivors,
+            sigma=math.sqrt(plan.total_variance(num_survivors=m)) / plan.scale,
+            sensitivity=self.clipping_norm,
+            sample_rate=None,
+        )
+        sums = {
+            NOISED_NAME: np.asarray(result.sums[NOISED_NAME], dtype=np.float64),
+            WEIGHT_NAME: np.array([float(m)]),
+        }
+        return PrivateSumResult(sums, survivors, (record,))
