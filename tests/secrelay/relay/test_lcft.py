@@ -27,7 +27,10 @@ from secrelay.relay.lcft import (
 )
 from secrelay.training import soft_bce_with_logits
 
-ctr = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+# A device's local CTR is a share of its rows: k / n with n >= 1 rows.
+ctr = st.integers(min_value=1, max_value=10**6).flatmap(
+    lambda n: st.integers(min_value=0, max_value=n).map(lambda k: k / n)
+)
 global_ctr = st.floats(min_value=0.01, max_value=0.99, allow_nan=False)
 
 
