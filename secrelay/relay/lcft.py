@@ -257,8 +257,11 @@ def search_correction_table(
     the user's CTR on its 80 % part) and each (α, β) on the grid, the search model
     is fine-tuned per user (at most ``max_users`` users per interval, drawn with
     ``seed``) on corrected labels and scored on the held-out rows; the pair with
-    the best gAUC wins. Intervals without a searchable user get (1, 0), i.e. no
-    correction.
+    the best gAUC wins; ties go to the earliest pair in grid order
+    (``alphas`` outer, ``betas`` inner), so with few held-out rows per user —
+    where gAUC takes few values and ties are common — the table leans towards
+    the grid's first pair. Intervals without a searchable user get (1, 0), i.e.
+    no correction.
 
     Returns
     -------
