@@ -201,3 +201,17 @@ def test_audit_of_a_run_without_dp_says_so(tmp_path: Path) -> None:
     report = audit(rd)
     assert report["ledger"]["records"] == 0
     assert "ε = ∞" in report["notes"][0]
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[3] / "examples").glob("dp_*.toml")),
+    ids=lambda p: p.name,
+)
+def test_dp_example_configs_are_consistent(path: Path) -> None:
+    from secrelay.privacy.federated import privacy_problems
+
+    cfg = load_config(path)
+    assert cfg.privacy.differential_privacy or "uinf_einf" in path.name
+    assert privacy_problems(cfg) == []
+    assert cfg.federated.sampling == "poisson"
