@@ -62,6 +62,14 @@ def privacy_problems(config: RunConfig) -> list[str]:
     """
     p = config.privacy
     problems: list[str] = []
+    if p.dp_sgd and p.secure_noise:
+        import importlib.util
+
+        if importlib.util.find_spec("torchcsprng") is None:
+            problems.append(
+                "privacy.secure_noise with privacy.dp_sgd needs Opacus' secure mode, whose "
+                "CSPRNG backend `torchcsprng` is not installed"
+            )
     if p.user_level_dp and config.method.name == "federated":
         name = config.strategy.name
         if name not in USER_DP_STRATEGIES:
