@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from secrelay.config import load_config
 from secrelay.experiment import run
 
-ML100K = "/work/shared/data/ml-100k"
+ML100K = os.environ.get("SECRELAY_ML100K", "../shared/data/ml-100k")
 
 BASELINES: list[tuple[str, dict[str, Any]]] = [
     ("Normal-init Standalone", {"initial": "single_normal", "collaboration": "standalone"}),
