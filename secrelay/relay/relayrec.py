@@ -43,7 +43,7 @@ import numpy as np
 from protocols.errors import InvalidParameterError
 from secrelay.checkpoint import atomic_write_text
 from secrelay.data.dataset import CTRDataset
-from secrelay.experiment import Method, make_train_config, register_method
+from secrelay.experiment import Method, make_sum_protocol, make_train_config, register_method
 from secrelay.federated.client import (
     DeviceData,
     ModelSpec,
@@ -392,6 +392,7 @@ class RelayRecMethod(Method):
             channel=self.ctx.channel,
             executor=self.ctx.executor,
             device_store=store,
+            sum_protocol=make_sum_protocol(cfg),
         )
 
     # --- rounds -------------------------------------------------------------------
