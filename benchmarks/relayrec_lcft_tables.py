@@ -1,4 +1,4 @@
-"""Run the RelayRec and LCFT tables of docs/results/relayrec_lcft.md.
+"""Run the RelayRec and LCFT tables of docs/results.md ("RelayRec and LCFT").
 
 Every row is one `secrelay.experiment.run` of an `examples/` config with the
 overrides printed next to it (the same overrides the CLI accepts through the

@@ -27,7 +27,7 @@ Storage (the paper's system design):
 KNN uses scikit-learn's exact :class:`~sklearn.neighbors.NearestNeighbors`
 rather than Faiss (the paper's choice): the vectors are low-dimensional (a
 feature's vocabulary or one embedding, ~5–50 dims) where a KD/ball tree answers
-exact queries on 100k users in seconds (measured in docs/results/coda_metaua.md),
+exact queries on 100k users in seconds (measured in docs/results.md ("CoDA and MetaUA")),
 exactness keeps the plaintext reference for the encrypted scoring simple, and
 Faiss would add a large native dependency the project does not ship.
 """
