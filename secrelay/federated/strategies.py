@@ -419,8 +419,12 @@ class ClusteredStrategy(Strategy):
         count = np.asarray(sums["count"], dtype=np.float64)
         stats: dict[str, float] = {}
         for i, key in enumerate(self.keys):
-            stats[f"count/{key}"] = float(round_count(count[i]))
-            if weight[i] <= 0:
+            n_devices = round_count(count[i])
+            stats[f"count/{key}"] = float(n_devices)
+            # Under secure aggregation an empty slot sums to quantisation noise, not
+            # exactly zero: decide emptiness on the (integer) device count, never on
+            # the noisy weight, or an empty cluster's model would be divided by ~0.
+            if n_devices == 0 or weight[i] <= 0:
                 continue
             self._set(key, self.models[key] + self.server_lr * delta[i] / weight[i])
         return stats

@@ -110,6 +110,20 @@ def test_clustered_slot_rule_hides_choice_in_zero_slots():
     np.testing.assert_array_equal(c["weight"], [0, 4, 0])
 
 
+def test_empty_cluster_with_quantisation_noise_keeps_its_model():
+    # Regression: under SecAgg an empty slot's weight sums to ~1e-4, not 0.
+    s = ClusteredStrategy()
+    s.initialize({"a": np.zeros(1), "b": np.ones(1)})
+    sums = {
+        "delta": np.array([[0.5], [3e-4]]),
+        "weight": np.array([1.0, 2e-4]),
+        "count": np.array([1.0, 1e-4]),
+    }
+    s.aggregate(1, SumResult(sums, (0,)))
+    np.testing.assert_array_equal(s.models["b"], [1.0])
+    np.testing.assert_allclose(s.models["a"], [0.5])
+
+
 def test_cluster_without_devices_keeps_its_model():
     s = ClusteredStrategy()
     s.initialize({"a": np.zeros(1), "b": np.ones(1)})
