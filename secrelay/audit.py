@@ -157,6 +157,24 @@ def audit(
         ),
     }
 
+    # Without amplification (fixed-size sampling, secure aggregation) a device's
+    # user-level ε composes only the rounds whose sum it was in: report it per device
+    # too (with amplification the global ε already holds for every device).
+    if user and all(r.sample_rate is None for r in user):
+        by_user: dict[str, list[Any]] = {}
+        for r in user:
+            for d in r.devices:
+                by_user.setdefault(d, []).append(r.event)
+        per_user = {d: caches[main].epsilon(evs) for d, evs in sorted(by_user.items())}
+        report["user_level"]["per_device"] = {
+            "devices": len(per_user),
+            "min": min(per_user.values()),
+            "median": statistics.median(per_user.values()),
+            "max": max(per_user.values()),
+            "max_device": max(per_user, key=lambda d: per_user[d]),
+            "rounds_max": max(len(v) for v in by_user.values()),
+        }
+
     # --- example level (per device) ----------------------------------------------
     by_device: dict[str, list[Any]] = {}
     for r in example:
@@ -324,6 +342,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     for a in accs:
         eps = _fmt(ul["epsilon"].get(a)) if ul.get("records") else "∞ (no DP release)"
         lines.append(f"| {a} | {eps} | {_fmt(ul.get('budget'))} |")
+    pd = ul.get("per_device")
+    if pd:
+        lines += [
+            "",
+            f"Per device ({pd['devices']} devices whose updates entered a sum; no amplification, "
+            f"so a device's ε composes only its own rounds, at most {pd['rounds_max']}): "
+            f"min {_fmt(pd['min'])}, median {_fmt(pd['median'])}, max {_fmt(pd['max'])} "
+            f"(`{pd['max_device']}`), {report['accountant']}.",
+        ]
     ex = report["example_level"]
     lines += [
         "",

@@ -252,6 +252,16 @@ def audit(
         table.add_row(
             "user (global)", a, "", "", f(eps) if eps is not None else "∞", f(user.get("budget"))
         )
+    pd = user.get("per_device")
+    if pd:
+        table.add_row(
+            f"user (per device, {pd['devices']})",
+            report["accountant"],
+            f(pd["min"]),
+            f(pd["median"]),
+            f(pd["max"]),
+            "",
+        )
     ex = report["example_level"]
     for a in report["accountants"]:
         spent = ex["epsilon"].get(a)

@@ -217,3 +217,21 @@ def test_dp_example_configs_are_consistent(path: Path) -> None:
     assert cfg.privacy.differential_privacy or "uinf_einf" in path.name
     assert privacy_problems(cfg) == []
     assert cfg.federated.sampling == "poisson"
+
+
+def test_audit_reports_per_device_user_epsilon_without_amplification(tmp_path: Path) -> None:
+    rd = tmp_path / "r"
+    cfg = _config(rounds=3, **CENTRAL).replace(
+        federated={"sampling": "fixed", "clients_per_round": 6}
+    )
+    run(cfg, rd, progress=False, log=_quiet)
+    ledger = _ledger(rd)
+    assert all(r.sample_rate is None for r in ledger.records)  # q = 1: no amplification
+    report = audit(rd, comparison=None)
+    pd = report["user_level"]["per_device"]
+    devices = ledger.devices(unit="user")
+    per = {d: ledger.epsilon(delta=1e-5, device=d, unit="user") for d in devices}
+    assert pd["devices"] == len(devices)
+    assert pd["max"] == pytest.approx(max(per.values()))
+    assert pd["min"] == pytest.approx(min(per.values()))
+    assert pd["max"] <= report["user_level"]["epsilon"]["prv"] + 1e-9
