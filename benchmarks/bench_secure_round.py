@@ -63,14 +63,17 @@ def test_fedavg_round_100_devices(benchmark, setup, protocol):
     )
     counter = iter(range(1, 10_000))
     benchmark.extra_info["d"] = d
-    benchmark.pedantic(lambda: loop.run_round(next(counter), evaluate=False), rounds=3, warmup_rounds=1)
+    benchmark.pedantic(
+        lambda: loop.run_round(next(counter), evaluate=False), rounds=3, warmup_rounds=1
+    )
 
 
 @pytest.mark.parametrize("protocol", ["plaintext", "secagg+"])
 def test_sum_only_100_clients_d1e5(benchmark, protocol):
     rng = np.random.default_rng(0)
     contribs = {
-        i: {"delta": rng.normal(0, 1, 100_000), "weight": np.array([50.0])} for i in range(N_DEVICES)
+        i: {"delta": rng.normal(0, 1, 100_000), "weight": np.array([50.0])}
+        for i in range(N_DEVICES)
     }
     proto = PlaintextSum() if protocol == "plaintext" else SecureSum()
     benchmark.pedantic(
