@@ -56,6 +56,7 @@ distributed (SecAgg)        ``DistributedDiscreteGaussianEvent`` of the      the
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -234,6 +235,7 @@ class UserLevelDPSum(SumProtocol):
             steps=1,
         )
 
+    @abc.abstractmethod
     def planned_record(
         self,
         round: int,
@@ -250,7 +252,6 @@ class UserLevelDPSum(SumProtocol):
         still completes; ``dropouts`` whether devices may drop out. ``None`` when
         the round cannot release anything.
         """
-        raise NotImplementedError
 
 
 class CentralGaussianSum(UserLevelDPSum):
