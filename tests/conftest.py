@@ -64,3 +64,12 @@ def ml100k(ml100k_path: Path) -> CTRDataset:
     from secrelay.data import load_movielens100k
 
     return load_movielens100k(ml100k_path)
+
+
+# Hypothesis: CI runs derandomized (the same examples on every run, so a red CI is
+# reproducible and never a coin flip); locally each run explores new examples.
+from hypothesis import settings as _hyp_settings  # noqa: E402
+
+_hyp_settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+_hyp_settings.register_profile("dev", deadline=None)
+_hyp_settings.load_profile("ci" if os.environ.get("CI") else "dev")
