@@ -64,6 +64,17 @@ class SumProtocol(abc.ABC):
 
     stages: tuple[str, ...] = ("upload",)
 
+    def check_dropouts(self, dropouts: Mapping[int, str] | None) -> dict[int, str]:
+        """Validate that every dropout stage is one of :attr:`stages`; returns a copy."""
+        out = dict(dropouts or {})
+        unknown = set(out.values()) - set(self.stages)
+        if unknown:
+            raise InvalidParameterError(
+                f"{type(self).__name__} has stages {self.stages}; "
+                f"got dropout stages {sorted(unknown)}"
+            )
+        return out
+
     @abc.abstractmethod
     def aggregate(
         self,
@@ -89,12 +100,7 @@ class PlaintextSum(SumProtocol):
         *,
         dropouts: Mapping[int, str] | None = None,
     ) -> SumResult:
-        dropouts = dict(dropouts or {})
-        unknown = set(dropouts.values()) - set(self.stages)
-        if unknown:
-            raise InvalidParameterError(
-                f"PlaintextSum has stages {self.stages}; got dropout stages {sorted(unknown)}"
-            )
+        dropouts = self.check_dropouts(dropouts)
         shapes = check_contributions(contributions)
         sums = {k: np.zeros(s, dtype=np.float64) for k, s in shapes.items()}
         survivors = []

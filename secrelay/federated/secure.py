@@ -180,12 +180,7 @@ class SecureSum(SumProtocol):
         *,
         dropouts: Mapping[int, str] | None = None,
     ) -> SumResult:
-        dropouts = dict(dropouts or {})
-        unknown = set(dropouts.values()) - set(self.stages)
-        if unknown:
-            raise InvalidParameterError(
-                f"SecureSum has stages {self.stages}; got dropout stages {sorted(unknown)}"
-            )
+        dropouts = self.check_dropouts(dropouts)
         shapes = check_contributions(contributions)
         names = sorted(shapes)
         devices = sorted(contributions)
