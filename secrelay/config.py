@@ -184,7 +184,9 @@ class PrivacyConfig:
     ``target_epsilon`` over the planned rounds; central Gaussian noise, or distributed
     discrete Gaussian noise under ``secure_aggregation``). ``user_epsilon`` and
     ``example_epsilon`` are budgets at ``delta``: a round that could exceed one is
-    refused before it runs. Unset (``None``) numbers are not used.
+    refused before it runs. ``query_ldp`` (``"gaussian"`` or ``"randomized_response"``)
+    makes a device's small query releases (LCFT's local-CTR query) ε-LDP at
+    ``query_ldp_epsilon``. Unset (``None``) numbers are not used.
     """
 
     secure_aggregation: bool = False
@@ -211,11 +213,13 @@ class PrivacyConfig:
     noise_shares: Literal["participants", "threshold"] = "participants"
     dp_scale: float | None = None
     secure_noise: bool = False
+    query_ldp: Literal["off", "gaussian", "randomized_response"] = "off"
+    query_ldp_epsilon: float | None = None
 
     @property
     def differential_privacy(self) -> bool:
         """Whether any DP mechanism is on (the run then keeps a privacy ledger)."""
-        return self.dp_sgd or self.user_level_dp
+        return self.dp_sgd or self.user_level_dp or self.query_ldp != "off"
 
     def _dp_problems(self) -> list[str]:
         import math
@@ -241,6 +245,9 @@ class PrivacyConfig:
         positive("local_noise_multiplier", self.local_noise_multiplier)
         positive("local_target_epsilon", self.local_target_epsilon)
         positive("dp_scale", self.dp_scale)
+        positive("query_ldp_epsilon", self.query_ldp_epsilon, required=self.query_ldp != "off")
+        if self.query_ldp == "off" and self.query_ldp_epsilon is not None:
+            problems.append("privacy.query_ldp_epsilon is set but privacy.query_ldp is 'off'")
         if self.local_participations < 0:
             problems.append(
                 "privacy.local_participations must be >= 0 (0 = the most rounds any device "
@@ -287,6 +294,7 @@ class PrivacyConfig:
             "local_noise_multiplier",
             "local_target_epsilon",
             "dp_scale",
+            "query_ldp_epsilon",
         ):
             value = getattr(self, name)
             if isinstance(value, int) and not isinstance(value, bool):

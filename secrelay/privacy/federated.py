@@ -42,6 +42,7 @@ from secrelay.privacy.user_dp import (
 )
 
 __all__ = [
+    "QUERY_LDP_METHODS",
     "USER_DP_STRATEGIES",
     "calibrate_user_noise",
     "max_participations",
@@ -49,6 +50,9 @@ __all__ = [
     "privacy_problems",
     "privatize_loop",
 ]
+
+# Methods whose devices send small queries that privacy.query_ldp protects.
+QUERY_LDP_METHODS = ("lcft",)
 
 # Strategies whose contributions are exactly ``delta`` and ``weight`` (FedAvg family).
 USER_DP_STRATEGIES = ("fedavg", "fedprox", "fedadagrad", "fedadam")
@@ -70,6 +74,11 @@ def privacy_problems(config: RunConfig) -> list[str]:
                 "privacy.secure_noise with privacy.dp_sgd needs Opacus' secure mode, whose "
                 "CSPRNG backend `torchcsprng` is not installed"
             )
+    if p.query_ldp != "off" and config.method.name not in QUERY_LDP_METHODS:
+        problems.append(
+            f"privacy.query_ldp protects the device queries of the methods {list(QUERY_LDP_METHODS)}"
+            f"; method.name {config.method.name!r} makes none (set privacy.query_ldp = 'off')"
+        )
     if p.user_level_dp and config.method.name == "federated":
         name = config.strategy.name
         if name not in USER_DP_STRATEGIES:
