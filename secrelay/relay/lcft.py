@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -58,7 +59,21 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from protocols.errors import InvalidParameterError
+from protocols.dp import (
+    DpEvent,
+    GaussianEvent,
+    LedgerRecord,
+    NoOpEvent,
+    RandomGenerator,
+    RandomizedResponseEvent,
+    SelfComposedEvent,
+    calibrate_noise_multiplier,
+    gaussian_report,
+    make_generator,
+    randomized_response,
+    randomized_response_estimate,
+)
+from protocols.errors import ConfigError, InvalidParameterError, MessageError, ProtocolAbort
 from secrelay.checkpoint import atomic_write_text
 from secrelay.data.dataset import CTRDataset
 from secrelay.experiment import Method, make_train_config, register_method, train_cloud_model
@@ -72,7 +87,7 @@ from secrelay.federated.client import (
     single_thread,
 )
 from secrelay.federated.loop import FederatedLoop, RoundConfig
-from secrelay.federated.messages import SERVER, ReplyMessage
+from secrelay.federated.messages import SERVER, QueryMessage, ReplyMessage
 from secrelay.federated.strategies import StandaloneStrategy
 from secrelay.metrics import Metrics, auc, evaluate_predictions, gauc
 from secrelay.relay.relayrec_options import _from_mapping
@@ -80,14 +95,21 @@ from secrelay.training import TrainConfig, predict, train_epochs
 
 __all__ = [
     "CORRECTIONS",
+    "QUERY_LDP",
+    "QUERY_TOPIC",
+    "CTRQuery",
     "CorrectionTable",
     "LCFTMethod",
     "LCFTOptions",
     "LCFTProgram",
+    "answer_query",
     "corrected_labels",
     "correction_pair",
     "equivalent_ctr",
     "improvement_by_drift",
+    "query_request",
+    "rr_bits_for",
+    "rr_report_variance",
     "search_correction_table",
     "soft_correction_1",
     "soft_correction_2",
@@ -95,6 +117,7 @@ __all__ = [
 
 Correction = Literal["none", "soft1", "soft2", "hard"]
 CORRECTIONS: tuple[str, ...] = ("none", "soft1", "soft2", "hard")
+CorrectionPath = Literal["table", "query"]
 TABLE_TOPIC = "lcft/correction_table"
 
 
@@ -220,6 +243,286 @@ def correction_pair(
     raise InvalidParameterError(f"`correction` must be one of {CORRECTIONS}; got {correction!r}")
 
 
+# --- the query path of the hard correction ---------------------------------------
+
+QUERY_TOPIC = "lcft/correction_query"
+QueryLDP = Literal["off", "gaussian", "randomized_response"]
+QUERY_LDP: tuple[str, ...] = ("off", "gaussian", "randomized_response")
+
+
+def _check_epsilon(epsilon: object) -> float:
+    if not (
+        isinstance(epsilon, (int, float, np.floating))
+        and not isinstance(epsilon, bool)
+        and math.isfinite(float(epsilon))
+        and float(epsilon) > 0
+    ):
+        raise InvalidParameterError(f"`epsilon` must be a finite number > 0; got {epsilon!r}")
+    return float(epsilon)
+
+
+def _check_bits(bits: object) -> int:
+    if not (isinstance(bits, (int, np.integer)) and not isinstance(bits, bool) and bits >= 1):
+        raise InvalidParameterError(f"`bits` must be an integer >= 1; got {bits!r}")
+    return int(bits)
+
+
+# The payload key of each report kind (one per mechanism, so a report of the wrong
+# kind is rejected rather than misread).
+_REPORT_KEY = {"off": "local_ctr", "gaussian": "noisy_ctr", "randomized_response": "bits"}
+
+
+def rr_report_variance(epsilon: float, bits: int) -> float:
+    """Worst-case variance of the server's estimate of w_i from ``bits`` RR bits.
+
+    Each bit is b ~ Bernoulli(w_i) flipped with probability f = 1/(1 + e^{ε/k});
+    the mean of the unbiased per-bit estimates (y − f)/(1 − 2f) has variance
+    P(1 − P)/(k (1 − 2f)²) ≤ 1/(4k tanh²(ε/2k)), with P = f + (1 − 2f)·w_i.
+
+    Examples
+    --------
+    >>> round(rr_report_variance(1.0, 1), 3)
+    1.172
+    >>> rr_report_variance(4.0, 2) < rr_report_variance(4.0, 1)
+    True
+    """
+    eps, k = _check_epsilon(epsilon), _check_bits(bits)
+    return 1.0 / (4.0 * k * math.tanh(eps / (2.0 * k)) ** 2)
+
+
+def rr_bits_for(epsilon: float) -> int:
+    """The number of RR bits k that minimises :func:`rr_report_variance` at a total ε.
+
+    Splitting ε over k bits trades the Bernoulli rounding noise (which falls as
+    1/k) against the RR noise (which grows as k/ε² once ε/k is small); the best k
+    is ≈ ε/2.18, so k = 1 for ε ≲ 3.
+
+    Examples
+    --------
+    >>> [rr_bits_for(e) for e in (0.5, 1.0, 4.0, 8.0)]
+    [1, 1, 2, 4]
+    """
+    eps = _check_epsilon(epsilon)
+    candidates = range(1, max(1, math.ceil(eps)) + 1)
+    return min(candidates, key=lambda k: rr_report_variance(eps, k))
+
+
+@dataclass(frozen=True)
+class CTRQuery:
+    """How a device reports its local CTR w_i ∈ [0, 1] on the query path, and how
+    the server reads the report. Every parameter is public (it follows from the
+    config alone), so the privacy cost is known before any device reports.
+
+    Mechanisms (``privacy.query_ldp``; the privacy unit is the reporting device)
+    ---------------------------------------------------------------------------
+    ``off``
+        w_i in the clear: the server learns it exactly. No ledger record.
+    ``gaussian``
+        w_i + N(0, z²) (:func:`protocols.dp.gaussian_report`, sensitivity 1 on
+        [0, 1]) with z the smallest noise multiplier whose single Gaussian release
+        is (ε, δ)-DP under ``accountant``
+        (:func:`protocols.dp.calibrate_noise_multiplier`, sample rate 1, one step).
+        The server clips the report into [0, 1] (post-processing).
+    ``randomized_response``
+        ``bits`` = k independent reports of :func:`protocols.dp.randomized_response`
+        at ε/k each (each one a fresh Bernoulli(w_i) bit, then binary RR); they
+        compose to a pure ε-LDP release. The server averages
+        :func:`protocols.dp.randomized_response_estimate` over the k bits and clips
+        the estimate into [0, 1].
+
+    Parameters
+    ----------
+    mechanism:
+        One of :data:`QUERY_LDP`.
+    epsilon:
+        Target ε of one device's report (``None`` exactly when ``mechanism`` is ``off``).
+    delta:
+        δ of the Gaussian report (recorded as 0 for randomized response).
+    noise_multiplier:
+        z of the Gaussian report (``None`` otherwise).
+    bits:
+        k, the RR bits per report (1 otherwise).
+    bit_epsilon:
+        ε of one RR bit, ≤ ε/k (``None`` otherwise).
+    """
+
+    mechanism: QueryLDP = "off"
+    epsilon: float | None = None
+    delta: float = 0.0
+    noise_multiplier: float | None = None
+    bits: int = 1
+    bit_epsilon: float | None = None
+
+    @classmethod
+    def plan(
+        cls,
+        mechanism: str,
+        *,
+        epsilon: float | None,
+        delta: float,
+        accountant: str = "prv",
+        bits: int = 0,
+    ) -> CTRQuery:
+        """Calibrate the report to ``epsilon`` (``bits`` = 0: :func:`rr_bits_for`)."""
+        if mechanism not in QUERY_LDP:
+            raise InvalidParameterError(
+                f"`mechanism` must be one of {QUERY_LDP}; got {mechanism!r}"
+            )
+        if mechanism == "off":
+            return cls()
+        eps = _check_epsilon(epsilon)
+        if mechanism == "gaussian":
+            z = calibrate_noise_multiplier(
+                target_epsilon=eps,
+                target_delta=delta,
+                sample_rate=1.0,
+                steps=1,
+                accountant=accountant,
+            )
+            return cls("gaussian", eps, float(delta), z)
+        k = rr_bits_for(eps) if bits == 0 else _check_bits(bits)
+        # ε/k, lowered by a few ulps if rounding would make k bits spend more than ε.
+        per_bit = eps / k
+        while k * RandomizedResponseEvent.from_epsilon(per_bit).epsilon > eps:
+            per_bit = float(np.nextafter(per_bit, 0.0))
+        return cls("randomized_response", eps, 0.0, None, k, per_bit)
+
+    @property
+    def private(self) -> bool:
+        return self.mechanism != "off"
+
+    @property
+    def event(self) -> DpEvent:
+        """The privacy event of one device's report."""
+        if self.mechanism == "gaussian":
+            assert self.noise_multiplier is not None
+            return GaussianEvent(noise_multiplier=self.noise_multiplier)
+        if self.mechanism == "randomized_response":
+            assert self.bit_epsilon is not None
+            bit = RandomizedResponseEvent.from_epsilon(self.bit_epsilon)
+            return bit if self.bits == 1 else SelfComposedEvent(event=bit, count=self.bits)
+        return NoOpEvent()
+
+    def report(self, local_ctr: float, *, generator: RandomGenerator) -> dict[str, np.ndarray]:
+        """Device side: the payload of the query (the only thing that leaves the device)."""
+        w = np.array([_check_ctr("local_ctr", local_ctr)])
+        if self.mechanism == "gaussian":
+            assert self.noise_multiplier is not None
+            noisy, _ = gaussian_report(
+                w, noise_multiplier=self.noise_multiplier, generator=generator
+            )
+            return {"noisy_ctr": noisy}
+        if self.mechanism == "randomized_response":
+            assert self.bit_epsilon is not None
+            bits, _ = randomized_response(
+                np.repeat(w, self.bits), epsilon=self.bit_epsilon, generator=generator
+            )
+            return {"bits": bits}
+        return {"local_ctr": w}
+
+    def estimate(self, arrays: Mapping[str, np.ndarray]) -> float:
+        """Server side: the report's estimate of w_i, clipped into [0, 1].
+
+        Raises
+        ------
+        MessageError
+            If the payload is not a report of this mechanism.
+        """
+        key = _REPORT_KEY[self.mechanism]
+        size = self.bits if self.mechanism == "randomized_response" else 1
+        value = arrays.get(key)
+        if set(arrays) != {key} or value is None or np.shape(value) != (size,):
+            raise MessageError(
+                f"an LCFT {self.mechanism!r} query must carry exactly `{key}` of shape "
+                f"({size},); got {{{', '.join(f'{k!r}: {np.shape(v)}' for k, v in arrays.items())}}}"
+            )
+        x = np.asarray(value, dtype=np.float64)
+        if not np.all(np.isfinite(x)):
+            raise MessageError(f"an LCFT query's `{key}` must be finite; got {x.tolist()}")
+        if self.mechanism == "randomized_response":
+            assert self.bit_epsilon is not None
+            if not np.all((x == 0.0) | (x == 1.0)):
+                raise MessageError(f"an LCFT query's `bits` must be 0 or 1; got {x.tolist()}")
+            est = float(randomized_response_estimate(x, epsilon=self.bit_epsilon).mean())
+        else:
+            est = float(x[0])
+        if self.mechanism == "off" and not 0.0 <= est <= 1.0:
+            raise MessageError(f"an LCFT query's `local_ctr` must be in [0, 1]; got {est!r}")
+        return min(max(est, 0.0), 1.0)  # post-processing: clip into [0, 1]
+
+    def record(self, *, run_id: str, round: int, devices: Sequence[int]) -> LedgerRecord | None:
+        """One ledger record covering every reporting device (``None`` without LDP).
+
+        Each device's data enter only its own report, so one record listing all of
+        them, with the per-report event, is the exact user-level cost: a
+        per-device query of the ledger gives ε, and so does the global one (a
+        record per device would make the global composition count N reports).
+        """
+        if not self.private or not devices:
+            return None
+        gaussian = self.mechanism == "gaussian"
+        return LedgerRecord(
+            run_id=run_id,
+            round=round,
+            mechanism=f"lcft_query[{self.mechanism}]",
+            event=self.event,
+            unit="user",
+            devices=tuple(str(d) for d in devices),
+            delta=self.delta if gaussian else 0.0,
+            noise_multiplier=self.noise_multiplier,
+            sigma=self.noise_multiplier if gaussian else None,
+            sensitivity=1.0,
+            sample_rate=1.0,
+            steps=self.bits,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "mechanism": self.mechanism,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "noise_multiplier": self.noise_multiplier,
+            "bits": self.bits,
+            "bit_epsilon": self.bit_epsilon,
+        }
+
+
+def query_request(
+    device: int, round: int, local_ctr: float, query: CTRQuery, *, generator: RandomGenerator
+) -> QueryMessage:
+    """Device side: the query carrying the device's (privatized) local CTR."""
+    return QueryMessage(
+        sender=device,
+        receiver=SERVER,
+        round=round,
+        topic=QUERY_TOPIC,
+        arrays=query.report(local_ctr, generator=generator),
+    )
+
+
+def answer_query(request: QueryMessage, table: CorrectionTable, query: CTRQuery) -> ReplyMessage:
+    """Server side: clip the report into [0, 1], look its interval up, answer (α, β).
+
+    Raises
+    ------
+    MessageError
+        For a message that is not an LCFT query of ``query``'s mechanism.
+    """
+    if not isinstance(request, QueryMessage) or request.topic != QUERY_TOPIC:
+        raise MessageError(
+            f"expected a QueryMessage on topic {QUERY_TOPIC!r}; got "
+            f"{type(request).__name__} on {getattr(request, 'topic', None)!r}"
+        )
+    a, b = table.lookup(query.estimate(request.arrays))
+    return ReplyMessage(
+        sender=SERVER,
+        receiver=request.sender,
+        round=request.round,
+        topic=QUERY_TOPIC,
+        arrays={"alpha": np.array([a]), "beta": np.array([b])},
+    )
+
+
 def _fine_tune(
     spec: ModelSpec,
     start: np.ndarray,
@@ -324,7 +627,10 @@ class LCFTProgram(ClientProgram):
     with each listed correction's labels and keep the results.
 
     The device's local CTR, its (α, β) and its predictions stay in its private
-    state; nothing is uploaded.
+    state; nothing is uploaded. On the query path (``correction_path = "query"``)
+    the hard correction's (α, β) is the server's answer to the device's query,
+    which :class:`LCFTMethod` stored in the device's private state
+    (``"query/hard"``) before the round; the device holds no table.
     """
 
     model: ModelSpec
@@ -332,6 +638,18 @@ class LCFTProgram(ClientProgram):
     global_ctr: float
     corrections: tuple[str, ...]
     table: CorrectionTable | None = None
+    correction_path: CorrectionPath = "table"
+
+    def _pair(self, correction: str, local_ctr: float, task: DeviceTask) -> tuple[float, float]:
+        if correction == "hard" and self.correction_path == "query":
+            if "query/hard" not in task.private:
+                raise InvalidParameterError(
+                    f"device {task.device_id}: the hard correction on the query path needs the "
+                    "server's answer (`query/hard` in the device's state); none was received"
+                )
+            a, b = task.private["query/hard"]
+            return float(a), float(b)
+        return correction_pair(correction, local_ctr, self.global_ctr, self.table)
 
     def run(self, data: DeviceData, task: DeviceTask) -> DeviceOutput:
         start = np.asarray(task.models["global"], dtype=np.float32)
@@ -342,7 +660,7 @@ class LCFTProgram(ClientProgram):
             load_flat_parameters(cloud_model, start)
             private["predictions/cloud"] = predict(cloud_model, data.test)
             for c in self.corrections:
-                a, b = correction_pair(c, w_i, self.global_ctr, self.table)
+                a, b = self._pair(c, w_i, task)
                 labels = corrected_labels(data.train.y, a, b)
                 model = _fine_tune(
                     self.model, start, data.train, labels, self.train, seed=task.seed
@@ -371,6 +689,16 @@ class LCFTOptions:
         Cloud users searched: at least this many rows; at most this many per interval.
     drift_edges:
         |w_i − w_g| buckets of the improvement analysis (paper Figure 2).
+    correction_path:
+        How a device gets its hard-correction pair: ``"table"`` (download the whole
+        interval table and look up locally; the server learns nothing) or
+        ``"query"`` (send w_i in a :class:`~secrelay.federated.messages.QueryMessage`,
+        the server answers (α, β); protected by ``privacy.query_ldp``). Needs
+        ``"hard"`` in ``corrections``.
+    query_rr_bits:
+        Randomized-response bits per query with ``privacy.query_ldp =
+        "randomized_response"`` (ε is split evenly over them); 0 = the k that
+        minimises the estimate's variance (:func:`rr_bits_for`).
     """
 
     corrections: tuple[str, ...] = ("soft1",)
@@ -380,6 +708,8 @@ class LCFTOptions:
     hard_min_rows: int = 10
     hard_max_users: int = 40
     drift_edges: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 1.0)
+    correction_path: CorrectionPath = "table"
+    query_rr_bits: int = 0
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> LCFTOptions:
@@ -410,6 +740,50 @@ def _check_lcft(o: Mapping[str, Any]) -> list[str]:
     for name in ("hard_min_rows", "hard_max_users"):
         if name in o and o[name] < (2 if name == "hard_min_rows" else 1):
             problems.append(f"method.options.{name} is too small; got {o[name]!r}")
+    if o.get("correction_path", "table") == "query" and "hard" not in cs:
+        problems.append(
+            "method.options.correction_path = 'query' serves the hard correction, but "
+            f"method.options.corrections = {list(cs)!r} has no 'hard' (the soft corrections "
+            "need only the downloaded w_g); add 'hard' or set correction_path = 'table'"
+        )
+    if o.get("query_rr_bits", 0) < 0:
+        problems.append(
+            f"method.options.query_rr_bits must be >= 0 (0 = automatic); got {o['query_rr_bits']!r}"
+        )
+    return problems
+
+
+def _privacy_problems(options: LCFTOptions, privacy: Any) -> list[str]:
+    """LCFT's checks of ``[privacy]`` (every problem, each naming its keys)."""
+    problems = []
+    if privacy.dp_sgd or privacy.user_level_dp:
+        on = [k for k in ("dp_sgd", "user_level_dp") if getattr(privacy, k)]
+        problems.append(
+            f"method.name 'lcft' does not apply {' / '.join('privacy.' + k for k in on)}: its "
+            "fine-tuning stays on the device and nothing is aggregated; turn them off "
+            "(privacy.query_ldp protects LCFT's only upload, the local-CTR query)"
+        )
+    if privacy.query_ldp != "off":
+        if "hard" not in options.corrections:
+            problems.append(
+                f"privacy.query_ldp = {privacy.query_ldp!r} protects the hard correction's "
+                f"local-CTR query, but method.options.corrections = {list(options.corrections)!r} "
+                "has no 'hard' and the soft corrections send nothing (they need only the "
+                "downloaded w_g); set privacy.query_ldp = 'off'"
+            )
+        elif options.correction_path != "query":
+            problems.append(
+                f"privacy.query_ldp = {privacy.query_ldp!r} protects a local-CTR query, but "
+                "method.options.correction_path = 'table' sends nothing up (the device downloads "
+                "the whole table, so the server learns nothing already); set "
+                "method.options.correction_path = 'query' or privacy.query_ldp = 'off'"
+            )
+    if options.query_rr_bits and privacy.query_ldp != "randomized_response":
+        problems.append(
+            f"method.options.query_rr_bits = {options.query_rr_bits} applies to "
+            "privacy.query_ldp = 'randomized_response' only; got privacy.query_ldp = "
+            f"{privacy.query_ldp!r}"
+        )
     return problems
 
 
@@ -452,15 +826,38 @@ def improvement_by_drift(
 
 class LCFTMethod(Method):
     """LCFT driven by the runner: the cloud trains the model (round 0), every device
-    fine-tunes it once with corrected labels (round 1)."""
+    fine-tunes it once with corrected labels (round 1).
+
+    On the query path every device first sends its (LDP-noised, with
+    ``privacy.query_ldp``) local CTR and receives its hard-correction pair; that
+    release is round 1's only privacy cost, one user-level ledger record covering
+    every device (:meth:`CTRQuery.record`), known before the round from the config
+    and the device ids alone.
+    """
 
     name = "lcft"
+    supports_privacy = True  # privacy.query_ldp; dp_sgd / user_level_dp are refused
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
         self.options = LCFTOptions.from_mapping(ctx.config.method.options)
+        privacy = ctx.config.privacy
+        problems = _privacy_problems(self.options, privacy)
+        if problems:
+            raise ConfigError("; ".join(problems))
+        self.query: CTRQuery | None = None
+        if self.options.correction_path == "query":
+            self.query = CTRQuery.plan(
+                privacy.query_ldp,
+                epsilon=privacy.query_ldp_epsilon,
+                delta=privacy.delta,
+                accountant=privacy.accountant,
+                bits=self.options.query_rr_bits,
+            )
         self.table: CorrectionTable | None = None
         self.search_stats: dict[str, Any] = {}
+        self.query_stats: dict[str, float] = {}
+        self._privacy_records: tuple[LedgerRecord, ...] = ()
 
     def setup(self) -> None:
         cfg, seed = self.ctx.config, self.ctx.seed
@@ -469,6 +866,8 @@ class LCFTMethod(Method):
         self.cloud_vec = train_cloud_model(
             self.ctx.model_spec, cloud, make_train_config(cfg.cloud), seed=seed
         )
+        if self.query is not None and self.query.private:
+            self.ctx.log(f"lcft query LDP: {self.query.describe()}")
         if "hard" in self.options.corrections:
             with single_thread():
                 self.table, self.search_stats = search_correction_table(
@@ -500,9 +899,9 @@ class LCFTMethod(Method):
 
     def _publish(self) -> None:
         """The one-way download every device receives at set-up: w_g and (for the
-        hard correction) the whole interval table."""
+        hard correction on the table path) the whole interval table."""
         arrays = {"global_ctr": np.array([self.global_ctr])}
-        if self.table is not None:
+        if self.table is not None and self.options.correction_path == "table":
             arrays.update(self.table.arrays())
         for dev in sorted(self.ctx.data.devices):
             self.ctx.channel.send(
@@ -517,7 +916,8 @@ class LCFTMethod(Method):
             make_train_config(self.ctx.config.local),
             self.global_ctr,
             tuple(self.options.corrections),
-            self.table,
+            self.table if self.options.correction_path == "table" else None,
+            self.options.correction_path,
         )
         self.loop = FederatedLoop(
             strategy,
@@ -549,8 +949,67 @@ class LCFTMethod(Method):
             np.concatenate([t.user for t in tests]),
         )
 
+    def _query_generator(self, round: int, device: int) -> RandomGenerator:
+        if self.ctx.config.privacy.secure_noise:
+            return make_generator(secure=True)
+        return np.random.default_rng(np.random.SeedSequence([self.ctx.seed, round, device, 29]))
+
+    def _query_phase(self, round: int) -> tuple[LedgerRecord, ...]:
+        """Every device queries its hard-correction pair through the channel; the
+        answer goes into the device's private state for the round's program."""
+        assert self.query is not None and self.table is not None
+        devices = sorted(self.ctx.data.devices)
+        errors, interval_hits, pair_hits = [], 0, 0
+        for dev in devices:
+            w_i = self.ctx.data.devices[dev].train.ctr  # on the device
+            q = self.ctx.channel.send(
+                query_request(
+                    dev, round, w_i, self.query, generator=self._query_generator(round, dev)
+                )
+            )
+            assert isinstance(q, QueryMessage)
+            r = self.ctx.channel.send(answer_query(q, self.table, self.query))  # server side
+            assert isinstance(r, ReplyMessage)
+            pair = (float(r.arrays["alpha"][0]), float(r.arrays["beta"][0]))
+            self.loop.store.update(dev, {"query/hard": pair})  # the device keeps its answer
+            # Simulation bookkeeping (neither party sees both w_i and the estimate).
+            est = self.query.estimate(q.arrays)
+            errors.append(abs(est - w_i))
+            interval_hits += self.table.interval(est) == self.table.interval(w_i)
+            pair_hits += pair == self.table.lookup(w_i)
+        n = max(len(devices), 1)
+        self.query_stats = {
+            "abs_error": float(np.mean(errors)) if errors else float("nan"),
+            "interval_match": interval_hits / n,
+            "pair_match": pair_hits / n,
+        }
+        rec = self.query.record(run_id=self.ctx.config.run.name, round=round, devices=devices)
+        return () if rec is None else (rec,)
+
+    def planned_privacy_records(self, round: int) -> tuple[LedgerRecord, ...]:
+        """Round 1's query release, from the config and the device ids alone."""
+        if self.query is None or round != 1:
+            return ()
+        rec = self.query.record(
+            run_id=self.ctx.config.run.name, round=round, devices=sorted(self.ctx.data.devices)
+        )
+        return () if rec is None else (rec,)
+
+    def privacy_records(self, round: int) -> tuple[LedgerRecord, ...]:
+        return self._privacy_records
+
     def run_round(self, round: int) -> dict[str, Any]:
-        rec = self.loop.run_round(round, evaluate=True).as_dict()
+        self._privacy_records = ()
+        if self.query is not None:
+            self._privacy_records = self._query_phase(round)
+        try:
+            rec = self.loop.run_round(round, evaluate=True).as_dict()
+        except ProtocolAbort as exc:  # the queries were released all the same
+            prior = tuple(getattr(exc, "privacy_records", ()))
+            exc.privacy_records = prior + self._privacy_records  # type: ignore[attr-defined]
+            raise
+        for k, v in self.query_stats.items():
+            rec[f"query/{k}"] = v
         local_ctr = {d: float(s["local_ctr"]) for d, s in self.loop.store.state.items()}
         preds = {c: self._predictions(c) for c in ("cloud", *self.options.corrections)}
         for c, p in preds.items():
@@ -566,6 +1025,10 @@ class LCFTMethod(Method):
             if self.table is None
             else {k: v.tolist() for k, v in self.table.arrays().items()},
             "search": self.search_stats,
+            "correction_path": self.options.correction_path,
+            "query": None
+            if self.query is None
+            else {**self.query.describe(), "stats": self.query_stats},
             "drift_buckets": buckets,
         }
         atomic_write_text(
