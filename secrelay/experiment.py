@@ -238,7 +238,39 @@ def register_method(cls: type[Method], *, force: bool = False) -> type[Method]:
     return cls
 
 
-class FederatedMethod(Method):
+class LoopPrivacy:
+    """Privacy hooks of a :class:`Method` whose devices run in one
+    :class:`~secrelay.federated.loop.FederatedLoop` (``self.loop``): call
+    :meth:`_privatize` after building the loop and :meth:`_keep_records` with each
+    round's record; the budget dry run and the ledger then come from the loop."""
+
+    supports_privacy: ClassVar[bool] = True
+    ctx: RunContext
+    loop: FederatedLoop
+    _privacy_records: tuple[LedgerRecord, ...] = ()
+
+    def _privatize(self, rounds: int) -> None:
+        self._privacy_records = ()
+        if self.ctx.config.privacy.differential_privacy:
+            from secrelay.privacy.federated import privatize_loop
+
+            privatize_loop(self.loop, self.ctx.config, rounds=rounds)
+
+    def _keep_records(self, record: Any) -> None:
+        self._privacy_records = tuple(record.privacy_records)
+
+    def planned_privacy_records(self, round: int) -> tuple[LedgerRecord, ...]:
+        if not self.ctx.config.privacy.differential_privacy:
+            return ()
+        from secrelay.privacy.federated import plan_round_records
+
+        return plan_round_records(self.loop, round)
+
+    def privacy_records(self, round: int) -> tuple[LedgerRecord, ...]:
+        return self._privacy_records
+
+
+class FederatedMethod(LoopPrivacy, Method):
     """Plain federated learning starting from the cloud-trained model.
 
     ``strategy.name`` picks FedAvg, FedProx, FedAdagrad, FedAdam, FedNova or
@@ -246,7 +278,6 @@ class FederatedMethod(Method):
     """
 
     name = "federated"
-    supports_privacy = True
 
     def setup(self) -> None:
         cfg = self.ctx.config
@@ -288,11 +319,7 @@ class FederatedMethod(Method):
             executor=self.ctx.executor,
             sum_protocol=make_sum_protocol(cfg),
         )
-        self._privacy_records: tuple[LedgerRecord, ...] = ()
-        if cfg.privacy.differential_privacy:
-            from secrelay.privacy.federated import privatize_loop
-
-            privatize_loop(self.loop, cfg, rounds=self.num_rounds())
+        self._privatize(self.num_rounds())
 
     def num_rounds(self) -> int:
         return 1 if self.strategy.personalized else self.ctx.config.federated.rounds
@@ -300,18 +327,8 @@ class FederatedMethod(Method):
     def run_round(self, round: int) -> dict[str, Any]:
         last = round == self.num_rounds()
         record = self.loop.run_round(round, evaluate=True if last else None)
-        self._privacy_records = record.privacy_records
+        self._keep_records(record)
         return record.as_dict()
-
-    def planned_privacy_records(self, round: int) -> tuple[LedgerRecord, ...]:
-        if not self.ctx.config.privacy.differential_privacy:
-            return ()
-        from secrelay.privacy.federated import plan_round_records
-
-        return plan_round_records(self.loop, round)
-
-    def privacy_records(self, round: int) -> tuple[LedgerRecord, ...]:
-        return self._privacy_records
 
     def evaluate(self) -> Metrics:
         if self.strategy.personalized and not self.loop.personal_predictions:

@@ -44,6 +44,7 @@ from secrelay.federated.client import (
     PlainTrainer,
     UpdateTransform,
 )
+from secrelay.federated.release import ReleaseSpec
 
 __all__ = [
     "STRATEGY_REGISTRY",
@@ -198,6 +199,18 @@ class Strategy(abc.ABC):
     def apply(self, round: int, sums: Mapping[str, np.ndarray]) -> dict[str, float]:
         """Apply the sums to :attr:`models`."""
 
+    # --- user-level differential privacy ----------------------------------------
+    def release_spec(self, clipping_norm: float) -> ReleaseSpec | None:
+        """How this strategy's sums may be released under user-level DP with the
+        device update clipped to ``clipping_norm`` (:mod:`secrelay.federated.release`);
+        ``None`` when they cannot be as configured (the default)."""
+        return None
+
+    def set_release_noise(self, noise_std: Mapping[str, float]) -> None:
+        """Told by a user-level DP wrapper the per-coordinate noise standard deviation
+        of each released sum (post-processing may use it, e.g. to ignore a noisy
+        count too small to divide by); no-op by default."""
+
     def _set(self, key: str, value: np.ndarray) -> None:
         self.models[key] = np.asarray(value, dtype=np.float32)
 
@@ -245,6 +258,19 @@ class FedAvg(Strategy):
 
     def contribution_rule(self) -> ContributionRule:
         return WeightedDeltaRule(self.weighting)
+
+    def release_spec(self, clipping_norm: float) -> ReleaseSpec | None:
+        """DP-FedAvg (McMahan et al. 2018): the clipped update is noised, the uniform
+        weight is replaced by a public participant count. Sample weights are data
+        (the device's size) and are not released: ``None`` then."""
+        if self.weighting != "uniform":
+            return None
+        d = int(self.models[self.keys[0]].size)
+        return ReleaseSpec(
+            noised=(("delta", float(clipping_norm)),),
+            public_counts=("weight",),
+            shapes=(("delta", (d,)),),
+        )
 
     def apply(self, round: int, sums: Mapping[str, np.ndarray]) -> dict[str, float]:
         mean = _mean_delta(sums)
@@ -372,6 +398,10 @@ class FedNova(FedAvg):
     def contribution_rule(self) -> ContributionRule:
         return NovaRule(self.weighting)
 
+    def release_spec(self, clipping_norm: float) -> ReleaseSpec | None:
+        """``None``: FedNova's ``tau`` (local step counts) has no user-level DP release."""
+        return None
+
     def apply(self, round: int, sums: Mapping[str, np.ndarray]) -> dict[str, float]:
         weight = float(np.asarray(sums["weight"]).sum())
         if weight <= 0:
@@ -404,9 +434,34 @@ class ClusteredStrategy(Strategy):
         self.mu = float(mu)
         self.server_lr = float(server_lr)
         self.weighting: Weighting = weighting
+        # A key's model is updated only when its (possibly noisy) device count
+        # reaches this; 0.5 = at least one device after rounding (set_release_noise).
+        self.min_count = 0.5
 
     def contribution_rule(self) -> ContributionRule:
         return SlotRule(self.keys, self.weighting)
+
+    def release_spec(self, clipping_norm: float) -> ReleaseSpec | None:
+        """Cluster-keyed DP-FedAvg. A device's ``delta`` (K, d) is its clipped update in
+        one slot and zeros elsewhere (L2 norm <= C); its ``count`` (K,) is one-hot (norm
+        1). Both are noised — which cluster a device chose is data (its preference
+        vector), so per-key counts cannot be public — and the uniform ``weight`` is a
+        copy of the noisy count. ``None`` for sample weighting."""
+        if self.weighting != "uniform":
+            return None
+        k, d = len(self.keys), int(self.models[self.keys[0]].size)
+        return ReleaseSpec(
+            noised=(("delta", float(clipping_norm)), ("count", 1.0)),
+            copies=(("weight", "count"),),
+            shapes=(("delta", (k, d)), ("count", (k,))),
+        )
+
+    def set_release_noise(self, noise_std: Mapping[str, float]) -> None:
+        """Update a key only if its noisy count is at least 3 noise standard deviations
+        (and 0.5): dividing the noisy update sum of a (nearly) empty cluster by a
+        noisy count near 0 would throw that cluster's model away."""
+        if "count" in noise_std:
+            self.min_count = max(0.5, 3.0 * float(noise_std["count"]))
 
     def trainer(self, trainer: LocalTrainer) -> LocalTrainer:
         if self.mu > 0:
@@ -424,7 +479,8 @@ class ClusteredStrategy(Strategy):
             # Under secure aggregation an empty slot sums to quantisation noise, not
             # exactly zero: decide emptiness on the (integer) device count, never on
             # the noisy weight, or an empty cluster's model would be divided by ~0.
-            if n_devices == 0 or weight[i] <= 0:
+            # Under user-level DP the count itself is noisy: min_count is 3 σ.
+            if n_devices == 0 or count[i] < self.min_count or weight[i] <= 0:
                 continue
             self._set(key, self.models[key] + self.server_lr * delta[i] / weight[i])
         return stats

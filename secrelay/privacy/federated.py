@@ -27,11 +27,12 @@ from secrelay.config import RunConfig
 from secrelay.federated.aggregation import PlaintextSum
 from secrelay.federated.client import (
     ClientProgram,
-    LocalTrainingProgram,
+    LocalTrainer,
     PersonalizedProgram,
     PlainTrainer,
 )
 from secrelay.federated.loop import FederatedLoop
+from secrelay.federated.release import ReleaseSpec
 from secrelay.federated.secure import SecureSum
 from secrelay.privacy.dpsgd import DPSGDTrainer
 from secrelay.privacy.user_dp import (
@@ -115,7 +116,12 @@ def _expected_participants(config: RunConfig, population: int) -> float:
 
 
 def calibrate_user_noise(
-    config: RunConfig, *, population: int, dimension: int, rounds: int
+    config: RunConfig,
+    *,
+    population: int,
+    dimension: int,
+    rounds: int,
+    spec: ReleaseSpec | None = None,
 ) -> float:
     """The user-level noise multiplier z: ``privacy.noise_multiplier``, or the smallest
     z found whose planned ``rounds`` rounds spend at most ``privacy.target_epsilon``.
@@ -152,6 +158,7 @@ def calibrate_user_noise(
             scale=p.dp_scale,
             num_colluders=p.num_colluders,
             noise_shares=p.noise_shares,
+            spec=spec,
         )
         event = s.plan(n, dimension).event(num_survivors=n)
         acc = make_accountant(p.accountant).compose(event, count=rounds)
@@ -182,9 +189,7 @@ def _secure_settings(config: RunConfig) -> Any:
     return proto.settings
 
 
-def _private_program(
-    program: LocalTrainingProgram, config: RunConfig, participations: int
-) -> LocalTrainingProgram:
+def _private_program(program: Any, config: RunConfig, participations: int) -> Any:
     p = config.privacy
     trainer = program.trainer
     if p.dp_sgd:
@@ -235,26 +240,35 @@ def privatize_loop(loop: FederatedLoop, config: RunConfig, *, rounds: int) -> Fe
     p = config.privacy
     problems = privacy_problems(config)
     program: ClientProgram = loop.program
+    spec: ReleaseSpec | None = None
     if p.dp_sgd or p.user_level_dp:
         inner = program.inner if isinstance(program, PersonalizedProgram) else program
-        if not isinstance(inner, LocalTrainingProgram):
+        if not _trains_locally(inner):
             problems.append(
-                f"privacy.dp_sgd / privacy.user_level_dp need a LocalTrainingProgram; "
-                f"got {type(inner).__name__}"
+                f"privacy.dp_sgd / privacy.user_level_dp need a device program with a local "
+                f"trainer and update transforms (LocalTrainingProgram); got {type(inner).__name__}"
             )
         if p.user_level_dp and loop.strategy.personalized:
             problems.append(
                 f"privacy.user_level_dp protects released aggregates; strategy "
                 f"{loop.strategy.name!r} releases none"
             )
-        if p.user_level_dp and getattr(loop.strategy, "weighting", "uniform") != "uniform":
-            problems.append(
-                "privacy.user_level_dp needs uniform weighting (strategy.params.weighting = "
-                f"'uniform'); the strategy uses {getattr(loop.strategy, 'weighting', None)!r}"
-            )
+        elif p.user_level_dp:
+            if getattr(loop.strategy, "weighting", "uniform") != "uniform":
+                problems.append(
+                    "privacy.user_level_dp needs uniform weighting (strategy.params.weighting = "
+                    f"'uniform'); the strategy uses {getattr(loop.strategy, 'weighting', None)!r}"
+                )
+            else:
+                assert p.clipping_norm is not None
+                spec = loop.strategy.release_spec(float(p.clipping_norm))
+                if spec is None:
+                    problems.append(
+                        f"privacy.user_level_dp: strategy {loop.strategy.name!r} has no user-level "
+                        "DP release (its sums are not clipped, bounded contributions)"
+                    )
         if problems:
             raise ConfigError("; ".join(dict.fromkeys(problems)))
-        assert isinstance(inner, LocalTrainingProgram)
         participations = 1
         if p.dp_sgd and p.local_target_epsilon is not None:
             participations = p.local_participations or max_participations(loop, rounds)
@@ -264,15 +278,18 @@ def privatize_loop(loop: FederatedLoop, config: RunConfig, *, rounds: int) -> Fe
             if isinstance(program, PersonalizedProgram)
             else private
         )
+    elif problems:
+        raise ConfigError("; ".join(dict.fromkeys(problems)))
     if p.user_level_dp:
-        assert p.clipping_norm is not None
-        dimension = int(next(iter(loop.strategy.models.values())).size)
+        assert p.clipping_norm is not None and spec is not None
+        dimension = spec.dimension or int(next(iter(loop.strategy.models.values())).size)
         z = calibrate_user_noise(
-            config, population=len(loop.devices), dimension=dimension, rounds=rounds
+            config, population=len(loop.devices), dimension=dimension, rounds=rounds, spec=spec
         )
         base = loop.sum_protocol
+        wrapper: UserLevelDPSum
         if isinstance(base, SecureSum):
-            loop.sum_protocol = DistributedGaussianSum(
+            wrapper = DistributedGaussianSum(
                 base.settings,
                 noise_multiplier=z,
                 clipping_norm=float(p.clipping_norm),
@@ -283,9 +300,10 @@ def privatize_loop(loop: FederatedLoop, config: RunConfig, *, rounds: int) -> Fe
                 run_id=config.run.name,
                 seed=config.run.seed,
                 secure_noise=p.secure_noise,
+                spec=spec,
             )
         elif isinstance(base, PlaintextSum):
-            loop.sum_protocol = CentralGaussianSum(
+            wrapper = CentralGaussianSum(
                 base,
                 noise_multiplier=z,
                 clipping_norm=float(p.clipping_norm),
@@ -296,12 +314,25 @@ def privatize_loop(loop: FederatedLoop, config: RunConfig, *, rounds: int) -> Fe
                 run_id=config.run.name,
                 seed=config.run.seed,
                 secure_noise=p.secure_noise,
+                spec=spec,
             )
         else:
             raise ConfigError(
                 f"privacy.user_level_dp wraps PlaintextSum or SecureSum; got {type(base).__name__}"
             )
+        loop.sum_protocol = wrapper
+        loop.strategy.set_release_noise(wrapper.noise_std())
     return loop
+
+
+def _trains_locally(program: object) -> bool:
+    """Whether ``program`` is a dataclass with a ``trainer`` and update ``transforms``
+    (:class:`LocalTrainingProgram`, MetaUA's program): what DP-SGD and clipping replace."""
+    return (
+        dataclasses.is_dataclass(program)
+        and isinstance(getattr(program, "trainer", None), LocalTrainer)
+        and isinstance(getattr(program, "transforms", None), tuple)
+    )
 
 
 def plan_round_records(loop: FederatedLoop, round: int) -> tuple[LedgerRecord, ...]:
@@ -314,13 +345,14 @@ def plan_round_records(loop: FederatedLoop, round: int) -> tuple[LedgerRecord, .
     out: list[LedgerRecord] = []
     program = loop.program
     inner = program.inner if isinstance(program, PersonalizedProgram) else program
-    if isinstance(inner, LocalTrainingProgram) and isinstance(inner.trainer, DPSGDTrainer):
+    trainer = getattr(inner, "trainer", None)
+    if isinstance(trainer, DPSGDTrainer):
         for dev in sampled:
             if loop.devices[dev].num_train:
-                out.append(inner.trainer.planned_record(loop.devices[dev], round=round))
+                out.append(trainer.planned_record(loop.devices[dev], round=round))
     proto = loop.sum_protocol
     if isinstance(proto, UserLevelDPSum) and not loop.strategy.personalized:
-        dimension = int(next(iter(loop.strategy.models.values())).size)
+        dimension = proto.dimension or int(next(iter(loop.strategy.models.values())).size)
         rec = proto.planned_record(
             round,
             sampled,

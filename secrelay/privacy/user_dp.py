@@ -79,11 +79,13 @@ from protocols.errors import InvalidParameterError
 from protocols.secagg import SecAggConfig
 from secrelay.federated.aggregation import SumProtocol, SumResult, check_contributions
 from secrelay.federated.client import UpdateTransform
+from secrelay.federated.release import ReleaseSpec
 from secrelay.federated.secure import DeviceEncoding, SecureSum, SecureSumSettings
 from secrelay.federated.transcript import Channel
 
 __all__ = [
     "NOISED_NAME",
+    "PACKED_NAME",
     "WEIGHT_NAME",
     "CentralGaussianSum",
     "ClipUpdate",
@@ -94,6 +96,9 @@ __all__ = [
 
 NOISED_NAME = "delta"
 WEIGHT_NAME = "weight"
+PACKED_NAME = "dp/packed"
+"""The one name a private sum's inner protocol sees: every noised name of the
+:class:`~secrelay.federated.release.ReleaseSpec`, clipped, rescaled and concatenated."""
 NoiseShares = Literal["participants", "threshold"]
 
 
@@ -131,32 +136,102 @@ class PrivateSumResult(SumResult):
     privacy_records: tuple[LedgerRecord, ...] = ()
 
 
-def _clip_contributions(
-    contributions: Mapping[int, Mapping[str, np.ndarray]], clipping_norm: float
-) -> dict[int, dict[str, np.ndarray]]:
-    """Device side: keep only ``delta``, re-clipped to C; refuse any other name."""
+def fedavg_spec(clipping_norm: float) -> ReleaseSpec:
+    """DP-FedAvg's release: ``delta`` noised at bound C, ``weight`` a public count."""
+    return ReleaseSpec(noised=((NOISED_NAME, float(clipping_norm)),), public_counts=(WEIGHT_NAME,))
+
+
+def _describe(spec: ReleaseSpec) -> str:
+    return "{" + ", ".join(repr(n) for n in spec.names) + "}"
+
+
+def pack_contributions(
+    contributions: Mapping[int, Mapping[str, np.ndarray]],
+    spec: ReleaseSpec,
+    clipping_norm: float,
+) -> tuple[dict[int, dict[str, np.ndarray]], dict[str, tuple[int, ...]]]:
+    """Device side: clip every noised name to its bound, rescale it to C and
+    concatenate (name :data:`PACKED_NAME`); check public counts and copies; refuse
+    any other name. Returns the packed contributions and the shapes of the names.
+    """
     shapes = check_contributions(contributions)
-    unknown = sorted(set(shapes) - {NOISED_NAME, WEIGHT_NAME})
-    if unknown or (contributions and NOISED_NAME not in shapes):
+    if not contributions:
+        return {}, shapes
+    bounds = spec.bounds
+    known = set(spec.names)
+    unknown = sorted(set(shapes) - known)
+    missing = sorted(set(bounds) - set(shapes))
+    if unknown or missing:
         raise InvalidParameterError(
-            f"user-level DP protects contributions {{{NOISED_NAME!r}, {WEIGHT_NAME!r}}} "
-            f"(FedAvg-family strategies with uniform weighting); got names {sorted(shapes)} — "
-            f"{unknown or [NOISED_NAME]} would be released without protection"
+            f"user-level DP protects contributions {_describe(spec)}; got names "
+            f"{sorted(shapes)} — {unknown or missing} would be released without protection"
+            if unknown
+            else f"user-level DP expects the noised contributions {sorted(bounds)}; "
+            f"{missing} are missing from {sorted(shapes)}"
         )
+    expected = dict(spec.shapes)
+    for name, shape in expected.items():
+        if shapes[name] != tuple(shape):
+            raise InvalidParameterError(
+                f"contribution {name!r} has shape {shapes[name]}, but the release was "
+                f"planned for {tuple(shape)}"
+            )
+    c_norm = float(clipping_norm)
     out: dict[int, dict[str, np.ndarray]] = {}
     for dev in sorted(contributions):
         c = contributions[dev]
-        if WEIGHT_NAME in c:
-            w = np.asarray(c[WEIGHT_NAME], dtype=np.float64)
-            if w.size != 1 or float(w.ravel()[0]) != 1.0:
+        for name in spec.public_counts:
+            if name in c:
+                w = np.asarray(c[name], dtype=np.float64)
+                if w.size != 1 or float(w.ravel()[0]) != 1.0:
+                    raise InvalidParameterError(
+                        f"user-level DP needs uniform weighting (weight 1 per device); device "
+                        f"{dev} contributes {name} {w.ravel().tolist()} — use weighting = 'uniform'"
+                    )
+        for name, source in spec.copies:
+            if name in c and not np.array_equal(
+                np.asarray(c[name], dtype=np.float64), np.asarray(c[source], dtype=np.float64)
+            ):
                 raise InvalidParameterError(
-                    f"user-level DP needs uniform weighting (weight 1 per device); device "
-                    f"{dev} contributes weight {w.ravel().tolist()} — use weighting = 'uniform'"
+                    f"user-level DP releases {name!r} as a copy of {source!r}, but device {dev} "
+                    f"contributes different values — use weighting = 'uniform'"
                 )
-        clipped = clip_by_l2_norm(
-            np.asarray(c[NOISED_NAME], dtype=np.float64).ravel(), clipping_norm=clipping_norm
+        blocks = [
+            clip_by_l2_norm(
+                np.asarray(c[name], dtype=np.float64).ravel(), clipping_norm=float(bound)
+            )
+            * (c_norm / float(bound))
+            for name, bound in spec.noised
+        ]
+        out[dev] = {PACKED_NAME: np.concatenate(blocks)}
+    return out, shapes
+
+
+def unpack_sum(
+    total: np.ndarray,
+    spec: ReleaseSpec,
+    clipping_norm: float,
+    shapes: Mapping[str, tuple[int, ...]],
+    participants: float,
+) -> dict[str, np.ndarray]:
+    """Server side: split the noisy packed sum back into the strategy's names (in
+    their own units), add the public counts (``participants``) and the copies."""
+    flat = np.asarray(total, dtype=np.float64).ravel()
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, bound in spec.noised:
+        shape = tuple(shapes[name])
+        size = int(np.prod(shape, dtype=np.int64))
+        out[name] = flat[offset : offset + size].reshape(shape) * (float(bound) / clipping_norm)
+        offset += size
+    if offset != flat.size:
+        raise InvalidParameterError(
+            f"the packed sum has {flat.size} values but the names need {offset}"
         )
-        out[dev] = {NOISED_NAME: clipped.reshape(np.shape(c[NOISED_NAME]))}
+    for name in spec.public_counts:
+        out[name] = np.array([float(participants)])
+    for name, source in spec.copies:
+        out[name] = out[source].copy()
     return out
 
 
@@ -180,6 +255,11 @@ class UserLevelDPSum(SumProtocol):
         CSPRNG, as a deployment must.
     secure_noise:
         Draw the noise from :func:`protocols.dp.make_generator` ``(secure=True)``.
+    spec:
+        Which names are noised (and their per-device bounds), which are public
+        counts or copies (:class:`~secrelay.federated.release.ReleaseSpec`, given by
+        the strategy); default DP-FedAvg's (``delta`` at bound C, ``weight`` public).
+        The released sum has L2 sensitivity C·√B for B noised names.
     """
 
     mechanism: str = "dp_fedavg"
@@ -193,6 +273,7 @@ class UserLevelDPSum(SumProtocol):
         run_id: str = "run",
         seed: int = 0,
         secure_noise: bool = False,
+        spec: ReleaseSpec | None = None,
     ) -> None:
         self.noise_multiplier = _positive("noise_multiplier", noise_multiplier)
         self.clipping_norm = _positive("clipping_norm", clipping_norm)
@@ -204,6 +285,18 @@ class UserLevelDPSum(SumProtocol):
         self.run_id = run_id
         self.seed = int(seed)
         self.secure_noise = bool(secure_noise)
+        self.spec = spec if spec is not None else fedavg_spec(self.clipping_norm)
+        self.sensitivity = self.spec.sensitivity(self.clipping_norm)
+
+    @property
+    def dimension(self) -> int | None:
+        """Length of the released (packed) vector, when the spec gives the shapes."""
+        return self.spec.dimension
+
+    def noise_std(self) -> dict[str, float]:
+        """Per-coordinate noise standard deviation of each released name (central
+        Gaussian; the distributed noise is within 0.2 % of it when all survive)."""
+        return self.spec.noise_std(self.noise_multiplier)
 
     def _generator(self, round: int, *purpose: int) -> RandomGenerator:
         if self.secure_noise:
@@ -298,6 +391,7 @@ class CentralGaussianSum(UserLevelDPSum):
         run_id: str = "run",
         seed: int = 0,
         secure_noise: bool = False,
+        spec: ReleaseSpec | None = None,
     ) -> None:
         super().__init__(
             noise_multiplier=noise_multiplier,
@@ -306,6 +400,7 @@ class CentralGaussianSum(UserLevelDPSum):
             run_id=run_id,
             seed=seed,
             secure_noise=secure_noise,
+            spec=spec,
         )
         if sampling not in ("poisson", "fixed"):
             raise InvalidParameterError(
@@ -351,8 +446,8 @@ class CentralGaussianSum(UserLevelDPSum):
             round,
             self.event(),
             self._covered(sorted(sampled)),
-            sigma=self.noise_multiplier * self.clipping_norm,
-            sensitivity=self.clipping_norm,
+            sigma=self.noise_multiplier * self.sensitivity,
+            sensitivity=self.sensitivity,
             sample_rate=self.sample_rate if self.sampling == "poisson" else None,
         )
 
@@ -364,16 +459,16 @@ class CentralGaussianSum(UserLevelDPSum):
         *,
         dropouts: Mapping[int, str] | None = None,
     ) -> PrivateSumResult:
-        clipped = _clip_contributions(contributions, self.clipping_norm)
-        result = self.inner.aggregate(round, clipped, channel, dropouts=dropouts)
+        packed, shapes = pack_contributions(contributions, self.spec, self.clipping_norm)
+        result = self.inner.aggregate(round, packed, channel, dropouts=dropouts)
         survivors = tuple(result.survivors)
         if not survivors:
             return PrivateSumResult({}, survivors)
-        total = np.asarray(result.sums[NOISED_NAME], dtype=np.float64)
+        total = np.asarray(result.sums[PACKED_NAME], dtype=np.float64)
         noisy, event = gaussian_mechanism(
             total,
             noise_multiplier=self.noise_multiplier,
-            clipping_norm=self.clipping_norm,
+            clipping_norm=self.sensitivity,
             generator=self._generator(round),
         )
         assert event == GaussianEvent(noise_multiplier=self.noise_multiplier)
@@ -384,15 +479,12 @@ class CentralGaussianSum(UserLevelDPSum):
             round,
             self.event(),
             self._covered(survivors),
-            sigma=self.noise_multiplier * self.clipping_norm,
-            sensitivity=self.clipping_norm,
+            sigma=self.noise_multiplier * self.sensitivity,
+            sensitivity=self.sensitivity,
             sample_rate=self.sample_rate if self.sampling == "poisson" else None,
         )
-        return PrivateSumResult(
-            {NOISED_NAME: np.asarray(noisy), WEIGHT_NAME: np.array([denominator])},
-            survivors,
-            (record,),
-        )
+        sums = unpack_sum(noisy, self.spec, self.clipping_norm, shapes, denominator)
+        return PrivateSumResult(sums, survivors, (record,))
 
 
 def auto_scale(*, clipping_norm: float, dimension: int, gamma: float = 8.0) -> float:
@@ -422,7 +514,7 @@ class _DDGEncoding(DeviceEncoding):
     ) -> np.ndarray:
         plan = self.owner.plan(num_devices, self.dimension)
         gen = self.owner._generator(round, int(device))
-        return plan.encode(np.asarray(contribution[NOISED_NAME]).ravel(), generator=gen)
+        return plan.encode(np.asarray(contribution[PACKED_NAME]).ravel(), generator=gen)
 
     def decode(
         self,
@@ -435,7 +527,7 @@ class _DDGEncoding(DeviceEncoding):
     ) -> dict[str, np.ndarray]:
         plan = self.owner.plan(num_devices, self.dimension)
         self.owner.last_integer_sum = np.asarray(total, dtype=np.int64).copy()
-        return {NOISED_NAME: plan.decode(total).reshape(shapes[NOISED_NAME])}
+        return {PACKED_NAME: plan.decode(total).reshape(shapes[PACKED_NAME])}
 
 
 class DistributedGaussianSum(UserLevelDPSum):
@@ -491,6 +583,7 @@ class DistributedGaussianSum(UserLevelDPSum):
         run_id: str = "run",
         seed: int = 0,
         secure_noise: bool = False,
+        spec: ReleaseSpec | None = None,
     ) -> None:
         super().__init__(
             noise_multiplier=noise_multiplier,
@@ -499,6 +592,7 @@ class DistributedGaussianSum(UserLevelDPSum):
             run_id=run_id,
             seed=seed,
             secure_noise=secure_noise,
+            spec=spec,
         )
         self.settings = settings or SecureSumSettings()
         self.scale = None if scale is None else _positive("scale", scale)
@@ -548,10 +642,10 @@ class DistributedGaussianSum(UserLevelDPSum):
                 f"{num_devices} devices with `num_colluders` = {self.num_colluders} leave no "
                 "honest noise share; sample more devices or assume fewer colluders"
             )
-        scale = self.scale or auto_scale(clipping_norm=self.clipping_norm, dimension=dimension)
+        scale = self.scale or auto_scale(clipping_norm=self.sensitivity, dimension=dimension)
         return DistributedDiscreteGaussianPlan(
             noise_multiplier=self.noise_multiplier,
-            clipping_norm=self.clipping_norm,
+            clipping_norm=self.sensitivity,
             scale=scale,
             dimension=dimension,
             min_survivors=shares,
@@ -604,7 +698,7 @@ class DistributedGaussianSum(UserLevelDPSum):
             sorted(sampled),
             sigma=math.sqrt(plan.per_device_variance * getattr(event, "num_shares", 1))
             / plan.scale,
-            sensitivity=self.clipping_norm,
+            sensitivity=self.sensitivity,
             sample_rate=None,
         )
 
@@ -616,10 +710,10 @@ class DistributedGaussianSum(UserLevelDPSum):
         *,
         dropouts: Mapping[int, str] | None = None,
     ) -> PrivateSumResult:
-        clipped = _clip_contributions(contributions, self.clipping_norm)
+        clipped, shapes = pack_contributions(contributions, self.spec, self.clipping_norm)
         if not clipped:
             return PrivateSumResult({}, ())
-        dimension = int(next(iter(clipped.values()))[NOISED_NAME].size)
+        dimension = int(next(iter(clipped.values()))[PACKED_NAME].size)
         n = len(clipped)
         plan = self.plan(n, dimension)
         self.last_plan = plan
@@ -641,11 +735,9 @@ class DistributedGaussianSum(UserLevelDPSum):
             event,
             survivors,
             sigma=math.sqrt(plan.total_variance(num_survivors=m)) / plan.scale,
-            sensitivity=self.clipping_norm,
+            sensitivity=self.sensitivity,
             sample_rate=None,
         )
-        sums = {
-            NOISED_NAME: np.asarray(result.sums[NOISED_NAME], dtype=np.float64),
-            WEIGHT_NAME: np.array([float(m)]),
-        }
+        total = np.asarray(result.sums[PACKED_NAME], dtype=np.float64)
+        sums = unpack_sum(total, self.spec, self.clipping_norm, shapes, float(m))
         return PrivateSumResult(sums, survivors, (record,))

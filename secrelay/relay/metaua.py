@@ -72,6 +72,7 @@ from secrelay.federated.client import (
     load_flat_parameters,
     single_thread,
 )
+from secrelay.federated.release import ReleaseSpec
 from secrelay.federated.strategies import Strategy
 from secrelay.training import soft_bce_with_logits
 
@@ -344,7 +345,10 @@ class MetaUAProgram(ClientProgram):
             reference = None
             if self.trainer.prox_mu > 0:
                 reference = [p.detach().clone() for p in model.parameters()]
-            steps, loss = self.trainer.train(model, local, generator=generator, reference=reference)
+            outcome = self.trainer.train_round(
+                model, local, generator=generator, reference=reference, task=task
+            )
+            steps, loss = outcome.steps, outcome.loss
             if "loss_ratio" in need:
                 after, _ = _loss_and_grad(model, train_rows, need_grad=False)
                 raw["loss_ratio"] = after / max(raw["local_loss"], 1e-12)
@@ -362,6 +366,7 @@ class MetaUAProgram(ClientProgram):
             contribution,
             private={"model_key": GLOBAL_KEY},
             stats={"loss": loss, "steps": float(steps)},
+            privacy_records=outcome.privacy_records,
         )
 
 
@@ -571,6 +576,14 @@ class MetaUAOptions:
         The meta-objective over the round's clients: ``"mean"`` (ḡ = Σg_k / K,
         default) or ``"sum"`` (ḡ = Σg_k; the same as multiplying ``meta_lr`` by
         the number of clients per round).
+    dp_grad_bound, dp_attribute_bound, dp_weight_bound:
+        Under ``privacy.user_level_dp`` (needs ``weighting = "uniform"``): the L2
+        bound G of a device's query gradient g_k, Z of its attribute vector z_k and
+        E of its per-layer weight e_k,l = exp(θ_α,l · z_k) (1 at θ_α = 0). Each
+        summed name is clipped on the device to the bound these imply (with the
+        update's ``privacy.clipping_norm`` C: ``delta_e`` C·E, ``delta_ez`` C·E·Z,
+        ``e`` E·√L, ``ez`` E·√L·Z, ``grad`` G) and noised in proportion to it
+        (:meth:`MetaUAStrategy.release_spec`).
     """
 
     attributes: tuple[str, ...] = ("local_loss",)
@@ -588,6 +601,9 @@ class MetaUAOptions:
     train_on: Literal["all", "support"] = "all"
     meta_grad_clip: float = 0.0
     query_reduction: Literal["mean", "sum"] = "mean"
+    dp_grad_bound: float = 1.0
+    dp_attribute_bound: float = 1.0
+    dp_weight_bound: float = 1.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -599,7 +615,14 @@ class MetaUAOptions:
                 f"method.options.attributes must be a non-empty list of distinct names from "
                 f"{list(ATTRIBUTES)}; got {list(attrs)}"
             )
-        for name in ("meta_lr", "server_lr", "tau"):
+        for name in (
+            "meta_lr",
+            "server_lr",
+            "tau",
+            "dp_grad_bound",
+            "dp_attribute_bound",
+            "dp_weight_bound",
+        ):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
                 problems.append(f"method.options.{name} must be a finite number > 0; got {v!r}")
@@ -663,6 +686,9 @@ class MetaUAOptions:
             "tau",
             "query_fraction",
             "meta_grad_clip",
+            "dp_grad_bound",
+            "dp_attribute_bound",
+            "dp_weight_bound",
         ):
             if isinstance(kwargs.get(name), int) and not isinstance(kwargs[name], bool):
                 kwargs[name] = float(kwargs[name])
@@ -710,6 +736,9 @@ class MetaUAStrategy(Strategy):
         self.theta_alpha = np.zeros((n_layers, m))
         self.opt_state: dict[str, np.ndarray] = {}
         self.previous: dict[str, Any] | None = None
+        # Under user-level DP the sum `e` is noisy: it is floored at 3 noise
+        # standard deviations before dividing by it (set_release_noise).
+        self.e_floor = 0.0
 
     # --- device side ----------------------------------------------------------------
     def contribution_rule(self) -> ContributionRule:
@@ -742,6 +771,42 @@ class MetaUAStrategy(Strategy):
         out[THETA_ALPHA_KEY] = theta
         return out
 
+    def release_spec(self, clipping_norm: float) -> ReleaseSpec | None:
+        """User-level DP release of the MetaUA sums (:class:`MetaUAOptions`, ``dp_*``).
+
+        Every summed name is noised with a bound from the update's clipping norm C
+        and the options' G, Z, E; ``count`` (1 per device) is public. Needs uniform
+        base weights (sample counts are data): ``None`` otherwise.
+        """
+        o = self.options
+        if o.weighting != "uniform":
+            return None
+        c, g = float(clipping_norm), float(o.dp_grad_bound)
+        z, e = float(o.dp_attribute_bound), float(o.dp_weight_bound)
+        d, n_layers, m = self.partition.size, self.partition.num_layers, len(o.attributes)
+        root_l = float(np.sqrt(n_layers))
+        return ReleaseSpec(
+            noised=(
+                ("delta_e", c * e),
+                ("delta_ez", c * e * z),
+                ("e", e * root_l),
+                ("ez", e * root_l * z),
+                ("grad", g),
+            ),
+            public_counts=("count",),
+            shapes=(
+                ("delta_e", (d,)),
+                ("delta_ez", (m, d)),
+                ("e", (n_layers,)),
+                ("ez", (n_layers, m)),
+                ("grad", (d,)),
+            ),
+        )
+
+    def set_release_noise(self, noise_std: Mapping[str, float]) -> None:
+        if "e" in noise_std:
+            self.e_floor = 3.0 * float(noise_std["e"])
+
     @property
     def server_scale(self) -> np.ndarray:
         """θ_s per layer, in (0, 1)."""
@@ -751,6 +816,9 @@ class MetaUAStrategy(Strategy):
     def apply(self, round: int, sums: Mapping[str, np.ndarray]) -> dict[str, float]:
         o = self.options
         m = len(o.attributes)
+        if self.e_floor > 0 and "e" in sums:
+            # Post-processing of a noisy release: never divide by a noise-sized `e`.
+            sums = {**sums, "e": np.maximum(np.asarray(sums["e"], dtype=np.float64), self.e_floor)}
         cur = MetaUASums.from_sums(sums, self.partition, m)
         w = np.asarray(self.models[GLOBAL_KEY], dtype=np.float64)
         stats: dict[str, float] = {}
@@ -858,6 +926,29 @@ class MetaUAMethod(FederatedMethod):
         return MetaUAStrategy(
             self.ctx.model_spec, MetaUAOptions.from_mapping(self.ctx.config.method.options)
         )
+
+    def _build_loop(self) -> None:
+        p, o = self.ctx.config.privacy, MetaUAOptions.from_mapping(self.ctx.config.method.options)
+        problems = []
+        if p.dp_sgd and not p.user_level_dp:
+            problems.append(
+                "privacy.dp_sgd alone does not cover MetaUA: the query gradient g_k and the "
+                "attributes z_k are computed from device data outside DP-SGD; turn on "
+                "privacy.user_level_dp too (it clips and noises every MetaUA sum)"
+            )
+        if p.dp_sgd and o.train_on != "all":
+            problems.append(
+                "privacy.dp_sgd with MetaUA needs method.options.train_on = 'all' (the DP-SGD "
+                "budget dry run is computed on a device's whole training split)"
+            )
+        if p.user_level_dp and o.weighting != "uniform":
+            problems.append(
+                "privacy.user_level_dp with MetaUA needs method.options.weighting = 'uniform' "
+                f"(sample-count base weights are device data); got {o.weighting!r}"
+            )
+        if problems:
+            raise ConfigError("; ".join(problems))
+        super()._build_loop()
 
     def setup(self) -> None:
         cfg = self.ctx.config

@@ -36,14 +36,20 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from protocols.errors import InvalidParameterError
 from secrelay.checkpoint import atomic_write_text
 from secrelay.data.dataset import CTRDataset
-from secrelay.experiment import Method, make_sum_protocol, make_train_config, register_method
+from secrelay.experiment import (
+    LoopPrivacy,
+    Method,
+    make_sum_protocol,
+    make_train_config,
+    register_method,
+)
 from secrelay.federated.client import (
     DeviceData,
     ModelSpec,
@@ -130,12 +136,14 @@ class SharedUpdateStrategy(FedAvg):
         return {"update_norm": float(np.linalg.norm(mean))}
 
 
-def _make_strategy(opts: RelayRecOptions) -> Strategy:
+def _make_strategy(opts: RelayRecOptions, *, uniform: bool = False) -> Strategy:
+    """The collaboration strategy; ``uniform`` (user-level DP) weights each device 1."""
     c = opts.collaboration
+    weighting: Literal["samples", "uniform"] = "uniform" if uniform else "samples"
     if c == "clustered_fedprox":
-        return ClusteredStrategy(mu=opts.mu)
+        return ClusteredStrategy(mu=opts.mu, weighting=weighting)
     if c == "clustered_fedavg":
-        return ClusteredStrategy(mu=0.0)
+        return ClusteredStrategy(mu=0.0, weighting=weighting)
     if c == "fedprox":
         return SharedUpdateStrategy(mu=opts.mu)
     if c == "fedavg":
@@ -277,8 +285,17 @@ def select_device_key(
     return keys[int(np.argmax(scores))]
 
 
-class RelayRecMethod(Method):
-    """RelayRec and its ablations, driven round by round by the runner."""
+class RelayRecMethod(LoopPrivacy, Method):
+    """RelayRec and its ablations, driven round by round by the runner.
+
+    Privacy (``[privacy]``): ``dp_sgd`` trains every device with DP-SGD;
+    ``user_level_dp`` clips each device's update and noises the cluster-keyed sums
+    — update *and* per-cluster device count, since which cluster a device chose is
+    its data (:meth:`ClusteredStrategy.release_spec
+    <secrelay.federated.strategies.ClusteredStrategy.release_spec>`); it switches the
+    clustered collaboration to uniform device weights. The cloud phase uses only
+    the cloud's own (pre-regulation) data and spends nothing.
+    """
 
     name = "relayrec"
 
@@ -351,9 +368,12 @@ class RelayRecMethod(Method):
             self.ctx.run_dir / "relayrec_cloud.json",
             json.dumps(self.cloud_stats, indent=2, default=float),
         )
-        self.strategy = _make_strategy(opts)
+        self.strategy = self._strategy()
         self.strategy.initialize(initial)
         self._build_loop(store)
+
+    def _strategy(self) -> Strategy:
+        return _make_strategy(self.options, uniform=self.ctx.config.privacy.user_level_dp)
 
     def _server_model(self) -> CTRModel:
         kwargs = {
@@ -394,6 +414,7 @@ class RelayRecMethod(Method):
             device_store=store,
             sum_protocol=make_sum_protocol(cfg),
         )
+        self._privatize(self.num_rounds())
 
     # --- rounds -------------------------------------------------------------------
     def num_rounds(self) -> int:
@@ -401,7 +422,9 @@ class RelayRecMethod(Method):
 
     def run_round(self, round: int) -> dict[str, Any]:
         last = round == self.num_rounds()
-        rec = self.loop.run_round(round, evaluate=True if last else None).as_dict()
+        record = self.loop.run_round(round, evaluate=True if last else None)
+        self._keep_records(record)
+        rec = record.as_dict()
         if round == 1:
             rec["selector_train_accuracy"] = self.cloud_stats.get("selector_train_accuracy")
             for k, v in self.cloud_stats.get("device_choices", {}).items():
@@ -428,7 +451,7 @@ class RelayRecMethod(Method):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.cloud_stats = dict(state.get("cloud_stats", {}))
-        self.strategy = _make_strategy(self.options)
+        self.strategy = self._strategy()
         self.strategy.initialize(state["loop"]["strategy"]["models"])
         self._build_loop(DeviceStore())
         self.loop.load_state_dict(state["loop"])

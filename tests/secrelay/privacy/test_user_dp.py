@@ -19,7 +19,12 @@ from protocols.errors import InvalidParameterError
 from secrelay.federated.aggregation import PlaintextSum
 from secrelay.federated.messages import ContributionUpload, MaskedUpload
 from secrelay.federated.transcript import Channel, Transcript
-from secrelay.privacy.user_dp import CentralGaussianSum, ClipUpdate, DistributedGaussianSum
+from secrelay.privacy.user_dp import (
+    PACKED_NAME,
+    CentralGaussianSum,
+    ClipUpdate,
+    DistributedGaussianSum,
+)
 
 
 def _contribs(n: int, d: int, *, scale: float = 0.05, seed: int = 0):
@@ -83,7 +88,7 @@ def test_central_noise_has_the_configured_variance() -> None:
     assert res.sums["weight"].tolist() == [0.25 * 40]
     # The plaintext transcript never carried the weights.
     uploads = [m for m in channel.transcript.server_view() if isinstance(m, ContributionUpload)]
-    assert uploads and all(set(m.contribution) == {"delta"} for m in uploads)
+    assert uploads and all(set(m.contribution) == {PACKED_NAME} for m in uploads)
 
 
 def test_poisson_and_fixed_sampling_are_accounted_honestly() -> None:
