@@ -20,18 +20,29 @@ Extreme Model Personalization in Recommender Systems", arXiv:2201.10382 (2022).
 - :func:`gated_train` — Algorithm 3: train the CTR model on local + kept
   samples, accepting a mini-batch update only if the validation AUC on
   held-out local samples improves (ties broken by validation logloss).
+- :func:`private_train` and :func:`filter_matched_private` — the same training
+  steps with example-level DP-SGD (Opacus, through
+  :func:`protocols.dp.make_private_local_training`) over a mix of private local
+  rows and public matched rows, with a number of steps per epoch fixed in advance
+  from public sizes, so that the ledger record never depends on how many matched
+  rows the device received or kept (``docs/coda.md``, *Differential privacy*).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from protocols.dp import GRAD_SAMPLE_MODES, LedgerRecord, make_private_local_training
 from protocols.errors import InvalidParameterError
 from secrelay.data.dataset import CTRDataset
 from secrelay.metrics import auc, logloss
@@ -46,11 +57,16 @@ from secrelay.training import (
 )
 
 __all__ = [
+    "DPSGDSettings",
+    "FilterResult",
     "GatedTrainResult",
     "ModelStore",
+    "PrivateTrainResult",
     "SampleTable",
     "filter_matched",
+    "filter_matched_private",
     "gated_train",
+    "private_train",
 ]
 
 
@@ -245,25 +261,46 @@ def filter_matched(
     (keep_mask, scores)
         Over the rows of ``matched``.
     """
+    _check_filter_args(sigma, train_fraction)
+    if len(matched) == 0:
+        return np.zeros(0, dtype=bool), np.zeros(0)
+    cfg = config or TrainConfig(epochs=5, batch_size=32, lr=0.01, optimizer="adam")
+    train = _classifier_train_set(local, matched, train_fraction, seed)
+    model = make_model("lr", local.schema, embedding_dim=embedding_dim, seed=seed)
+    train_epochs(model, train, cfg, generator=torch.Generator().manual_seed(seed))
+    scores = _score_matched(model, matched)
+    return scores >= sigma, scores
+
+
+def classifier_negatives(n_matched: int, train_fraction: float) -> int:
+    """How many matched rows :func:`filter_matched` trains on as negatives (0 if none)."""
+    return max(1, round(train_fraction * n_matched)) if n_matched else 0
+
+
+def _check_filter_args(sigma: float, train_fraction: float) -> None:
     if not 0 <= sigma <= 1:
         raise InvalidParameterError(f"`sigma` must be in [0, 1]; got {sigma!r}")
     if not 0 < train_fraction <= 1:
         raise InvalidParameterError(f"`train_fraction` must be in (0, 1]; got {train_fraction!r}")
-    if len(matched) == 0:
-        return np.zeros(0, dtype=bool), np.zeros(0)
-    cfg = config or TrainConfig(epochs=5, batch_size=32, lr=0.01, optimizer="adam")
+
+
+def _classifier_train_set(
+    local: CTRDataset, matched: CTRDataset, train_fraction: float, seed: int
+) -> CTRDataset:
+    """Every local row (label 1) + a random ``train_fraction`` of the matched rows
+    (label 0), user fields masked."""
     rng = np.random.default_rng(seed)
-    n_neg = max(1, round(train_fraction * len(matched)))
+    n_neg = classifier_negatives(len(matched), train_fraction)
     neg = rng.choice(len(matched), size=n_neg, replace=False)
     x = np.concatenate([local.x, matched.x[neg]])
     x = _mask_user_fields(x, local)
     y = np.concatenate([np.ones(len(local)), np.zeros(n_neg)]).astype(np.float32)
-    train = CTRDataset(local.schema, x, y, np.zeros(len(y), np.int64), np.zeros(len(y), np.int64))
-    model = make_model("lr", local.schema, embedding_dim=embedding_dim, seed=seed)
-    train_epochs(model, train, cfg, generator=torch.Generator().manual_seed(seed))
-    scored = matched.with_x(_mask_user_fields(matched.x, matched))
-    scores = predict(model, scored)
-    return scores >= sigma, scores
+    return CTRDataset(local.schema, x, y, np.zeros(len(y), np.int64), np.zeros(len(y), np.int64))
+
+
+def _score_matched(model: torch.nn.Module, matched: CTRDataset) -> np.ndarray:
+    scores: np.ndarray = predict(model, matched.with_x(_mask_user_fields(matched.x, matched)))
+    return scores
 
 
 # --- Algorithm 3: validation-gated training ---------------------------------------------------------
@@ -340,3 +377,235 @@ def gated_train(
                         p.copy_(s)
                 rejected += 1
     return GatedTrainResult(accepted, rejected, best_a, best_ll)
+
+
+# --- example-level DP-SGD (privacy.dp_sgd) ------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPSGDSettings:
+    """Example-level DP-SGD settings of one device's trainings (``privacy.*``).
+
+    Parameters
+    ----------
+    max_grad_norm:
+        Per-example clipping norm C in (0, inf).
+    noise_multiplier:
+        z in (0, inf): Gaussian noise of standard deviation z·C on each summed gradient.
+    delta:
+        δ in (0, 1) the ledger records are stated at.
+    grad_sample_mode:
+        Opacus mode; ``"ghost"`` (ghost clipping, default) or ``"hooks"``, ...
+    accountant:
+        ``"prv"`` or ``"rdp"`` (Opacus' own accountant; the ledger is accounted by the run).
+    run_id:
+        Written into the ledger records.
+    secure_mode:
+        Opacus secure mode (CSPRNG noise and sampling; needs ``torchcsprng``).
+    """
+
+    max_grad_norm: float
+    noise_multiplier: float
+    delta: float
+    grad_sample_mode: str = "ghost"
+    accountant: str = "prv"
+    run_id: str = "run"
+    secure_mode: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("max_grad_norm", "noise_multiplier"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
+                problems.append(f"`{name}` must be a finite number > 0; got {v!r}")
+        if not (isinstance(self.delta, (int, float)) and 0 < self.delta < 1):
+            problems.append(f"`delta` must be in (0, 1); got {self.delta!r}")
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            problems.append(
+                f"`grad_sample_mode` must be one of {list(GRAD_SAMPLE_MODES)}; "
+                f"got {self.grad_sample_mode!r}"
+            )
+        if problems:
+            raise InvalidParameterError("invalid DPSGDSettings: " + "; ".join(problems))
+
+
+class _FixedBatchCount(Sampler[list[int]]):
+    """``k`` contiguous batches over ``n`` rows. Only its length matters to Opacus,
+    which replaces it by Poisson sampling at rate 1/k (k steps per epoch)."""
+
+    def __init__(self, n: int, k: int) -> None:
+        self.n, self.k = n, k
+
+    def __len__(self) -> int:
+        return self.k
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for part in np.array_split(np.arange(self.n), self.k):
+            yield [int(i) for i in part]
+
+
+@dataclass(frozen=True)
+class PrivateTrainResult:
+    """What :func:`private_train` did: optimizer steps, last epoch's mean loss, and
+    the ledger record of the training."""
+
+    steps: int
+    loss: float
+    record: LedgerRecord
+
+
+def private_train(
+    model: torch.nn.Module,
+    train: CTRDataset,
+    config: TrainConfig,
+    *,
+    steps_per_epoch: int,
+    dp: DPSGDSettings,
+    round: int,
+    device_id: str,
+    mechanism: str,
+    generator: torch.Generator | None,
+) -> PrivateTrainResult:
+    """Train ``model`` in place with DP-SGD over ``train``; return its ledger record.
+
+    Poisson sampling at q = 1/``steps_per_epoch`` over every row of ``train``,
+    per-example clipping to ``dp.max_grad_norm``, Gaussian noise z·C on the summed
+    gradient, ``config.epochs × steps_per_epoch`` steps (Abadi et al., CCS 2016;
+    Opacus). The record, ``SelfComposedEvent(PoissonSampledEvent(q,
+    GaussianEvent(z)), steps)``, depends on ``steps_per_epoch``, the epochs and z only,
+    never on ``len(train)``: callers fix ``steps_per_epoch`` from public sizes, so a
+    training set that mixes private local rows with a data-dependent number of public
+    matched rows costs a planned, known amount. Privacy unit: one row of ``train``
+    (the caller accounts it for the device whose private rows are in it).
+
+    Parameters
+    ----------
+    steps_per_epoch:
+        k in [1, len(train)] (the expected batch ``len(train)/k`` must be >= 1).
+    generator:
+        Seeded generator for sampling and noise; ``None`` only with ``dp.secure_mode``.
+    mechanism:
+        Ledger mechanism name (the record's is ``f"{mechanism}/dp_sgd[{mode}]"``).
+    """
+    n = len(train)
+    if not isinstance(steps_per_epoch, int) or not 1 <= steps_per_epoch <= n:
+        raise InvalidParameterError(
+            f"`steps_per_epoch` must be an int in [1, len(train) = {n}]; got {steps_per_epoch!r}"
+        )
+    x = torch.from_numpy(np.array(train.x, dtype=np.int64))
+    y = torch.from_numpy(np.array(train.y, dtype=np.float32))
+    loader: DataLoader[tuple[torch.Tensor, ...]] = DataLoader(
+        TensorDataset(x, y), batch_sampler=_FixedBatchCount(n, steps_per_epoch)
+    )
+    optimizer = make_optimizer(model, config)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)
+        pt = make_private_local_training(
+            model,
+            optimizer,
+            loader,
+            target_delta=dp.delta,
+            max_grad_norm=dp.max_grad_norm,
+            epochs=config.epochs,
+            run_id=dp.run_id,
+            round=round,
+            device_id=device_id,
+            noise_multiplier=dp.noise_multiplier,
+            criterion=nn.BCEWithLogitsLoss(),
+            grad_sample_mode=dp.grad_sample_mode,
+            secure_mode=dp.secure_mode,
+            generator=None if dp.secure_mode else generator,
+            accountant=dp.accountant,
+        )
+        criterion = pt.criterion
+        assert criterion is not None
+        params = [prm for prm in model.parameters() if prm.requires_grad]
+        pt.module.train()
+        steps = 0
+        last_loss = float("nan")
+        for _ in range(config.epochs):
+            total, count = 0.0, 0
+            for xb, yb in pt.data_loader:
+                pt.optimizer.zero_grad(set_to_none=True)
+                if len(yb) == 0 and dp.grad_sample_mode == "ghost":
+                    # An empty Poisson batch is a noise-only step. Ghost clipping cannot
+                    # run backward on zero rows, so its (clipped, summed) gradient — zero —
+                    # is set directly; the optimizer adds the noise and counts the step.
+                    for prm in params:
+                        prm.grad = torch.zeros_like(prm)
+                else:
+                    loss = criterion(pt.module(xb), yb)
+                    loss.backward()
+                    if len(yb):
+                        total += float(loss.item()) * len(yb)
+                        count += len(yb)
+                pt.optimizer.step()
+                steps += 1
+            if count:
+                last_loss = total / count
+        pt.optimizer.zero_grad(set_to_none=True)
+        close = getattr(pt.module, "_close", None)
+        if callable(close):
+            close()
+    if steps != pt.steps:
+        raise RuntimeError(
+            f"DP-SGD took {steps} steps but its ledger record accounts for {pt.steps}"
+        )
+    record = dataclasses.replace(pt.record, mechanism=f"{mechanism}/{pt.record.mechanism}")
+    return PrivateTrainResult(steps, last_loss, record)
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    """What :func:`filter_matched_private` returns: keep mask and scores over the
+    matched rows, and the ledger record of the classifier's training."""
+
+    keep: np.ndarray
+    scores: np.ndarray
+    record: LedgerRecord
+
+
+def filter_matched_private(
+    local: CTRDataset,
+    matched: CTRDataset,
+    *,
+    steps_per_epoch: int,
+    dp: DPSGDSettings,
+    round: int,
+    device_id: str,
+    sigma: float = 0.2,
+    train_fraction: float = 1 / 3,
+    config: TrainConfig | None = None,
+    embedding_dim: int = 8,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+) -> FilterResult:
+    """CoDA Algorithm 2 with the classifier trained by DP-SGD (:func:`private_train`).
+
+    The classifier's training set mixes the private local rows (label 1) with public
+    matched rows (label 0); Poisson sampling and per-example clipping run over the
+    whole mix, which covers every local row. Scoring the *matched* (cloud) rows with
+    the private classifier, and keeping those ≥ σ, is post-processing: it costs no
+    further privacy. ``steps_per_epoch`` must be fixed from public sizes (see
+    :func:`private_train`); ``matched`` must be non-empty.
+    """
+    _check_filter_args(sigma, train_fraction)
+    if len(matched) == 0:
+        raise InvalidParameterError("filter_matched_private() needs matched rows")
+    cfg = config or TrainConfig(epochs=5, batch_size=32, lr=0.01, optimizer="adam")
+    train = _classifier_train_set(local, matched, train_fraction, seed)
+    model = make_model("lr", local.schema, embedding_dim=embedding_dim, seed=seed)
+    res = private_train(
+        model,
+        train,
+        cfg,
+        steps_per_epoch=steps_per_epoch,
+        dp=dp,
+        round=round,
+        device_id=device_id,
+        mechanism="coda_classifier",
+        generator=generator,
+    )
+    model.eval()
+    scores = _score_matched(model, matched)
+    return FilterResult(scores >= sigma, scores, res.record)
