@@ -282,7 +282,7 @@ def rr_report_variance(epsilon: float, bits: int) -> float:
     Examples
     --------
     >>> round(rr_report_variance(1.0, 1), 3)
-    1.172
+    1.171
     >>> rr_report_variance(4.0, 2) < rr_report_variance(4.0, 1)
     True
     """
