@@ -270,9 +270,14 @@ class PrivacyConfig:
                 f"{self.local_noise_multiplier}, local_target_epsilon={self.local_target_epsilon}"
             )
         if not self.user_level_dp:
-            for name in ("noise_multiplier", "target_epsilon", "clipping_norm", "user_epsilon"):
+            for name in ("noise_multiplier", "target_epsilon", "clipping_norm"):
                 if getattr(self, name) is not None:
                     problems.append(f"privacy.{name} is set but privacy.user_level_dp is false")
+            if self.user_epsilon is not None and self.query_ldp == "off":
+                problems.append(
+                    "privacy.user_epsilon is set but no user-level mechanism is on "
+                    "(privacy.user_level_dp or privacy.query_ldp)"
+                )
         if not self.dp_sgd:
             for name in ("local_noise_multiplier", "local_target_epsilon", "example_epsilon"):
                 if getattr(self, name) is not None:

@@ -265,6 +265,7 @@ class DPSGDTrainer(LocalTrainer):
             raise InvalidParameterError("`reference` weights are required when prox_mu > 0")
         loader = self._loader(data)
         z = self.noise_multiplier_for(data)
+        model.train()  # Opacus validates a module in training mode (callers may have evaluated)
         optimizer = make_optimizer(model, self.config)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning)

@@ -256,8 +256,10 @@ def privatize_loop(loop: FederatedLoop, config: RunConfig, *, rounds: int) -> Fe
         elif p.user_level_dp:
             if getattr(loop.strategy, "weighting", "uniform") != "uniform":
                 problems.append(
-                    "privacy.user_level_dp needs uniform weighting (strategy.params.weighting = "
-                    f"'uniform'); the strategy uses {getattr(loop.strategy, 'weighting', None)!r}"
+                    "privacy.user_level_dp needs uniform weighting (weight 1 per device; with "
+                    "method.name = 'federated' set strategy.params.weighting = 'uniform'); "
+                    f"strategy {loop.strategy.name!r} uses "
+                    f"{getattr(loop.strategy, 'weighting', None)!r}"
                 )
             else:
                 assert p.clipping_norm is not None

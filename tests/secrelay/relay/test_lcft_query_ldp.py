@@ -252,13 +252,7 @@ def result_transcript(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _with_user_budget(cfg: RunConfig, epsilon: float) -> RunConfig:
-    try:
-        return cfg.replace(privacy={"user_epsilon": epsilon})
-    except ConfigError:
-        # secrelay/config.py accepts privacy.user_epsilon only with user_level_dp; the
-        # session reads it for any user-level record, so set it past that check.
-        object.__setattr__(cfg.privacy, "user_epsilon", epsilon)
-        return cfg
+    return cfg.replace(privacy={"user_epsilon": epsilon})
 
 
 def test_user_budget_refuses_the_query_round_before_it_runs(tmp_path: Path) -> None:
