@@ -208,7 +208,7 @@ class PrivacyConfig:
     local_noise_multiplier: float | None = None
     local_target_epsilon: float | None = None
     local_participations: int = 0
-    grad_sample_mode: Literal["ghost", "hooks", "functorch", "ew"] = "ghost"
+    grad_sample_mode: Literal["ghost", "hooks", "functorch", "ew", "sparse"] = "ghost"
     num_colluders: int = 0
     noise_shares: Literal["participants", "threshold"] = "participants"
     dp_scale: float | None = None

@@ -25,7 +25,14 @@ Gradient-sample modes. ``"ghost"`` (default) is ghost clipping (Li et al. 2022; 
 et al. 2023): per-example gradient norms without per-example gradients, so the
 embedding table (the bulk of a CTR model's parameters) costs one extra backward
 pass instead of a ``batch × vocabulary × dim`` tensor; ``"hooks"`` materialises
-per-example gradients. See ``docs/privacy.md`` for measured step times.
+per-example gradients; ``"sparse"`` is :class:`~secrelay.privacy.dp_embedding.
+SparseEmbeddingDPSGD` (ghost norms, one backward pass, sparse table updates, deferred
+noise for untouched rows): its step cost does not grow with the vocabulary. Its
+tables take plain SGD steps at the local learning rate (the dense layers use the
+configured optimizer), and its deferred noise is flushed when local training ends —
+a data-independent time before the update leaves the device — so the released
+update has DP-SGD's distribution exactly (the module docstring of
+:mod:`secrelay.privacy.dp_embedding`). See ``docs/privacy.md`` for measured step times.
 
 FedProx. The proximal term μ/2‖w − w_ref‖² does not touch data, so it costs no
 privacy; it is applied as the exact proximal step
@@ -64,7 +71,10 @@ from secrelay.federated.client import DeviceData, DeviceTask, LocalTrainer, Trai
 from secrelay.models.base import CTRModel
 from secrelay.training import TrainConfig, make_optimizer
 
-__all__ = ["DPSGDTrainer"]
+__all__ = ["TRAINER_MODES", "DPSGDTrainer"]
+
+TRAINER_MODES = (*GRAD_SAMPLE_MODES, "sparse")
+"""Opacus' grad-sample modes and ``"sparse"`` (:mod:`secrelay.privacy.dp_embedding`)."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -158,9 +168,9 @@ class DPSGDTrainer(LocalTrainer):
             positive("target_epsilon", self.target_epsilon)
         if not isinstance(self.participations, int) or self.participations < 1:
             problems.append(f"`participations` must be an int >= 1; got {self.participations!r}")
-        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+        if self.grad_sample_mode not in TRAINER_MODES:
             problems.append(
-                f"`grad_sample_mode` must be one of {list(GRAD_SAMPLE_MODES)}; "
+                f"`grad_sample_mode` must be one of {list(TRAINER_MODES)}; "
                 f"got {self.grad_sample_mode!r}"
             )
         if self.config.epochs < 1:
@@ -266,6 +276,8 @@ class DPSGDTrainer(LocalTrainer):
         loader = self._loader(data)
         z = self.noise_multiplier_for(data)
         model.train()  # Opacus validates a module in training mode (callers may have evaluated)
+        if self.grad_sample_mode == "sparse":
+            return self._train_sparse(model, data, loader, z, generator, reference, task)
         optimizer = make_optimizer(model, self.config)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning)
@@ -319,3 +331,73 @@ class DPSGDTrainer(LocalTrainer):
                 f"DP-SGD took {steps} steps but its ledger record accounts for {pt.steps}"
             )
         return TrainOutcome(steps, last_loss, pt.records)
+
+    def _train_sparse(
+        self,
+        model: CTRModel,
+        data: DeviceData,
+        loader: DataLoader[Any],
+        z: float,
+        generator: torch.Generator,
+        reference: list[torch.Tensor] | None,
+        task: DeviceTask,
+    ) -> TrainOutcome:
+        """DP-SGD with :class:`SparseEmbeddingDPSGD` (``grad_sample_mode="sparse"``):
+        the same sampling, clipping, noise and record as the Opacus path."""
+        from secrelay.privacy.dp_embedding import SparseEmbeddingDPSGD, dense_parameters
+
+        record = self.planned_record(data, round=task.round)
+        assert record.sample_rate is not None and record.steps is not None
+        private_loader = DPDataLoader.from_data_loader(loader, generator=generator)
+        dense = dense_parameters(model)
+        optimizer = make_optimizer(_Holder(dense), self.config) if dense else None
+        expected = max(1, int(len(loader.dataset) * record.sample_rate))  # type: ignore[arg-type]
+        dp = SparseEmbeddingDPSGD(
+            model,
+            optimizer,
+            loss_fn=lambda out, y: nn.functional.binary_cross_entropy_with_logits(
+                out, y, reduction="none"
+            ),
+            embedding_lr=self.config.lr,
+            noise_multiplier=z,
+            max_grad_norm=float(self.max_grad_norm),
+            expected_batch_size=expected,
+            generator=generator,
+            noise="lazy",
+        )
+        mu = self.config.prox_mu
+        params = list(model.parameters())
+        shrink = 1.0 / (1.0 + self.config.lr * mu)
+        steps = 0
+        last_loss = float("nan")
+        try:
+            for _ in range(self.config.epochs):
+                total, count = 0.0, 0
+                for xb, yb in private_loader:
+                    loss = dp.step(xb, yb)
+                    if mu > 0 and reference is not None:
+                        dp.flush()  # the proximal step reads every row
+                        with torch.no_grad():
+                            for p, r in zip(params, reference):
+                                p.mul_(shrink).add_(r, alpha=1.0 - shrink)
+                    steps += 1
+                    if len(yb):
+                        total += float(loss) * len(yb)
+                        count += len(yb)
+                if count:
+                    last_loss = total / count
+        finally:
+            dp.close()  # flushes the deferred noise before anything leaves the device
+        if steps != record.steps:
+            raise RuntimeError(
+                f"DP-SGD took {steps} steps but its ledger record accounts for {record.steps}"
+            )
+        return TrainOutcome(steps, last_loss, (record,))
+
+
+class _Holder(nn.Module):
+    """Lets :func:`make_optimizer` build the configured optimizer over a parameter list."""
+
+    def __init__(self, params: list[nn.Parameter]) -> None:
+        super().__init__()
+        self.held = nn.ParameterList(params)

@@ -47,7 +47,7 @@ class CountingSteps:
         return step
 
 
-@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+@pytest.mark.parametrize("mode", ["ghost", "hooks", "sparse"])
 def test_recorded_steps_equal_steps_taken(mode, make_devices, dnn_spec, monkeypatch) -> None:
     data = make_devices(rows=40)[2]  # 30 train rows, batch 4: q = 1/8
     trainer = _trainer(grad_sample_mode=mode)
@@ -80,9 +80,10 @@ def test_target_epsilon_is_met_over_the_planned_participations(make_devices) -> 
         assert ledger.epsilon(delta=1e-5, device=str(dev)) > 2.0
 
 
-def test_fedprox_term_pulls_towards_the_start_model(make_devices, dnn_spec) -> None:
+@pytest.mark.parametrize("mode", ["ghost", "sparse"])
+def test_fedprox_term_pulls_towards_the_start_model(mode, make_devices, dnn_spec) -> None:
     data = make_devices(rows=40)[1]
-    base = _trainer(noise_multiplier=0.5)
+    base = _trainer(noise_multiplier=0.5, grad_sample_mode=mode)
     prox = FedProx(mu=50.0).trainer(base)
     assert isinstance(prox, DPSGDTrainer) and prox.prox_mu == 50.0
     norms = []
