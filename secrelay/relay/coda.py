@@ -58,7 +58,13 @@ from protocols.dp import (
 from protocols.errors import ConfigError, InvalidParameterError
 from secrelay.config import RunConfig
 from secrelay.data.dataset import CTRDataset
-from secrelay.experiment import Method, make_train_config, register_method, train_cloud_model
+from secrelay.experiment import (
+    Method,
+    RunContext,
+    make_train_config,
+    register_method,
+    train_cloud_model,
+)
 from secrelay.federated.client import (
     DeviceData,
     flat_parameters,
@@ -618,7 +624,7 @@ class CoDAMethod(Method):
     name = "coda"
     supports_privacy = True
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
         # Validate options and [privacy] before the runner opens a ledger or trains M0.
         self.options = CoDAOptions.from_mapping(ctx.config.method.options)
