@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from protocols.dp import (
+    GRAD_SAMPLE_MODES,
     GaussianEvent,
     LedgerRecord,
     PoissonSampledEvent,
@@ -405,6 +406,12 @@ def privacy_problems(config: RunConfig, options: CoDAOptions) -> list[str]:
             )
         if config.local.epochs < 1:
             problems.append(f"privacy.dp_sgd needs local.epochs >= 1; got {config.local.epochs}")
+        if p.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            problems.append(
+                f"privacy.grad_sample_mode = {p.grad_sample_mode!r} is not available to method "
+                f"'coda', which trains through Opacus' PrivacyEngine; choose one of "
+                f"{list(GRAD_SAMPLE_MODES)} (ghost clipping is the default)"
+            )
     return problems
 
 

@@ -278,6 +278,7 @@ def test_dp_sgd_refuses_the_validation_gate(tmp_path: Path) -> None:
             r"privacy\.user_level_dp .*user vector",
         ),
         ({"secure_aggregation": True}, r"privacy\.secure_aggregation"),
+        ({"grad_sample_mode": "sparse"}, r"privacy\.grad_sample_mode = 'sparse'"),
     ],
 )
 def test_mechanisms_coda_cannot_honour_are_refused(
