@@ -13,10 +13,12 @@ Three kinds of names:
 ``noised``
     ``(name, bound)``: the device's array under ``name`` has L2 norm at most
     ``bound`` when it is honest. The wrapper clips every noised array to its bound
-    on the device, rescales it to the common unit C (the wrapper's clipping norm,
-    ``array · C / bound``), concatenates the blocks and noises their sum with
-    sensitivity C·√B (B blocks) — so each block is noised in proportion to its own
-    bound (its noise has standard deviation z·√B·bound, :meth:`noise_std`).
+    on the device, rescales it to norm at most w·C (C the wrapper's clipping norm,
+    w the name's share in :attr:`ReleaseSpec.weights`, 1 by default:
+    ``array · w·C / bound``), concatenates the blocks and noises their sum with
+    sensitivity C·√(Σ w²). A name's noise then has standard deviation
+    z·√(Σ w²)·bound / w in its own units (:meth:`noise_std`): a smaller share costs
+    the other names less noise and gives this one more.
 ``public_counts``
     Names every device contributes as exactly ``[1.0]`` (a participant count, the
     uniform weight). They are not sent: the wrapper replaces their sum by a public
@@ -48,6 +50,9 @@ class ReleaseSpec:
     >>> spec = ReleaseSpec(noised=(("delta", 0.5), ("count", 1.0)), copies=(("weight", "count"),))
     >>> spec.names, round(spec.noise_std(1.0)["count"], 4)
     (('delta', 'count', 'weight'), 1.4142)
+    >>> small = ReleaseSpec(noised=(("delta", 0.5), ("count", 1.0)), weights=(("count", 0.25),))
+    >>> round(small.sensitivity(0.5) / 0.5, 4), round(small.noise_std(1.0)["count"], 4)
+    (1.0308, 4.1231)
     """
 
     noised: tuple[tuple[str, float], ...]
@@ -56,6 +61,8 @@ class ReleaseSpec:
     shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
     """Shapes of the noised names (public: model sizes); empty = taken from the
     contributions (then :attr:`dimension` is unknown before a round)."""
+    weights: tuple[tuple[str, float], ...] = ()
+    """Share w > 0 of noised names in the sensitivity (missing: 1)."""
 
     def __post_init__(self) -> None:
         if not self.noised:
@@ -71,6 +78,12 @@ class ReleaseSpec:
         others = [*self.public_counts, *(n for n, _ in self.copies)]
         if len(seen) != len(self.noised) or len(set(others)) != len(others) or seen & set(others):
             raise InvalidParameterError(f"a ReleaseSpec lists a name twice: {self.names}")
+        for name, w in self.weights:
+            if name not in seen or not (math.isfinite(float(w)) and float(w) > 0):
+                raise InvalidParameterError(
+                    f"ReleaseSpec.weights: {name!r} must be a noised name with a finite weight "
+                    f"> 0; got {w!r}"
+                )
         if self.shapes and {n for n, _ in self.shapes} != seen:
             raise InvalidParameterError(
                 f"ReleaseSpec.shapes must give the shape of every noised name {sorted(seen)}; "
@@ -108,12 +121,23 @@ class ReleaseSpec:
         """B, the number of noised names."""
         return len(self.noised)
 
+    @property
+    def shares(self) -> dict[str, float]:
+        """Noised name -> its share w (1 unless :attr:`weights` says otherwise)."""
+        given = {n: float(w) for n, w in self.weights}
+        return {n: given.get(n, 1.0) for n, _ in self.noised}
+
+    def scale(self, name: str, clipping_norm: float) -> float:
+        """Factor from ``name``'s units to the packed vector: w·C / bound."""
+        return self.shares[name] * float(clipping_norm) / self.bounds[name]
+
     def sensitivity(self, clipping_norm: float) -> float:
-        """L2 sensitivity C·√B of the packed, rescaled sum."""
-        return float(clipping_norm) * math.sqrt(self.num_blocks)
+        """L2 sensitivity C·√(Σ w²) of the packed, rescaled sum."""
+        return float(clipping_norm) * math.sqrt(sum(w * w for w in self.shares.values()))
 
     def noise_std(self, noise_multiplier: float) -> dict[str, float]:
         """Per-coordinate noise standard deviation of each noised name's released sum,
-        in that name's own units: z·√B·bound."""
-        root_b = math.sqrt(self.num_blocks)
-        return {n: float(noise_multiplier) * root_b * float(b) for n, b in self.noised}
+        in that name's own units: z·√(Σ w²)·bound / w."""
+        root = math.sqrt(sum(w * w for w in self.shares.values()))
+        shares = self.shares
+        return {n: float(noise_multiplier) * root * float(b) / shares[n] for n, b in self.noised}

@@ -426,14 +426,18 @@ class ClusteredStrategy(Strategy):
         mu: float = 0.0,
         server_lr: float = 1.0,
         weighting: Weighting = "samples",
+        count_share: float = 0.25,
     ) -> None:
         super().__init__()
         _check_positive("server_lr", server_lr)
         if mu < 0:
             raise InvalidParameterError(f"`mu` must be >= 0; got {mu!r}")
+        if not (isinstance(count_share, (int, float)) and 0 < count_share <= 1):
+            raise InvalidParameterError(f"`count_share` must be in (0, 1]; got {count_share!r}")
         self.mu = float(mu)
         self.server_lr = float(server_lr)
         self.weighting: Weighting = weighting
+        self.count_share = float(count_share)
         # A key's model is updated only when its (possibly noisy) device count
         # reaches this; 0.5 = at least one device after rounding (set_release_noise).
         self.min_count = 0.5
@@ -446,7 +450,8 @@ class ClusteredStrategy(Strategy):
         one slot and zeros elsewhere (L2 norm <= C); its ``count`` (K,) is one-hot (norm
         1). Both are noised — which cluster a device chose is data (its preference
         vector), so per-key counts cannot be public — and the uniform ``weight`` is a
-        copy of the noisy count. ``None`` for sample weighting."""
+        copy of the noisy count. The counts take share ``count_share`` w of the
+        sensitivity C·√(1 + w²). ``None`` for sample weighting."""
         if self.weighting != "uniform":
             return None
         k, d = len(self.keys), int(self.models[self.keys[0]].size)
@@ -454,6 +459,7 @@ class ClusteredStrategy(Strategy):
             noised=(("delta", float(clipping_norm)), ("count", 1.0)),
             copies=(("weight", "count"),),
             shapes=(("delta", (k, d)), ("count", (k,))),
+            weights=(("count", self.count_share),),
         )
 
     def set_release_noise(self, noise_std: Mapping[str, float]) -> None:

@@ -150,8 +150,8 @@ def pack_contributions(
     spec: ReleaseSpec,
     clipping_norm: float,
 ) -> tuple[dict[int, dict[str, np.ndarray]], dict[str, tuple[int, ...]]]:
-    """Device side: clip every noised name to its bound, rescale it to C and
-    concatenate (name :data:`PACKED_NAME`); check public counts and copies; refuse
+    """Device side: clip every noised name to its bound, rescale it to its share of C
+    and concatenate (name :data:`PACKED_NAME`); check public counts and copies; refuse
     any other name. Returns the packed contributions and the shapes of the names.
     """
     shapes = check_contributions(contributions)
@@ -200,7 +200,7 @@ def pack_contributions(
             clip_by_l2_norm(
                 np.asarray(c[name], dtype=np.float64).ravel(), clipping_norm=float(bound)
             )
-            * (c_norm / float(bound))
+            * spec.scale(name, c_norm)
             for name, bound in spec.noised
         ]
         out[dev] = {PACKED_NAME: np.concatenate(blocks)}
@@ -219,10 +219,10 @@ def unpack_sum(
     flat = np.asarray(total, dtype=np.float64).ravel()
     out: dict[str, np.ndarray] = {}
     offset = 0
-    for name, bound in spec.noised:
+    for name, _ in spec.noised:
         shape = tuple(shapes[name])
         size = int(np.prod(shape, dtype=np.int64))
-        out[name] = flat[offset : offset + size].reshape(shape) * (float(bound) / clipping_norm)
+        out[name] = flat[offset : offset + size].reshape(shape) / spec.scale(name, clipping_norm)
         offset += size
     if offset != flat.size:
         raise InvalidParameterError(
@@ -259,7 +259,7 @@ class UserLevelDPSum(SumProtocol):
         Which names are noised (and their per-device bounds), which are public
         counts or copies (:class:`~secrelay.federated.release.ReleaseSpec`, given by
         the strategy); default DP-FedAvg's (``delta`` at bound C, ``weight`` public).
-        The released sum has L2 sensitivity C·√B for B noised names.
+        The released sum has L2 sensitivity C·√(Σ w²) over the noised names' shares.
     """
 
     mechanism: str = "dp_fedavg"

@@ -584,6 +584,11 @@ class MetaUAOptions:
         update's ``privacy.clipping_norm`` C: ``delta_e`` C·E, ``delta_ez`` C·E·Z,
         ``e`` E·√L, ``ez`` E·√L·Z, ``grad`` G) and noised in proportion to it
         (:meth:`MetaUAStrategy.release_spec`).
+    dp_meta_share:
+        The share w of the meta-learning sums (``delta_ez``, ``ez``, ``grad``) in the
+        release's sensitivity C·√(2 + 3w²), in (0, 1] (default 0.5: the aggregation
+        sums ``delta_e`` and ``e`` then get z·√2.75 times their bound of noise
+        instead of z·√5).
     """
 
     attributes: tuple[str, ...] = ("local_loss",)
@@ -604,6 +609,7 @@ class MetaUAOptions:
     dp_grad_bound: float = 1.0
     dp_attribute_bound: float = 1.0
     dp_weight_bound: float = 1.0
+    dp_meta_share: float = 0.5
 
     def __post_init__(self) -> None:
         problems = []
@@ -634,6 +640,10 @@ class MetaUAOptions:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 <= v < 1):
                 problems.append(f"method.options.{name} must be in [0, 1); got {v!r}")
+        if not (isinstance(self.dp_meta_share, (int, float)) and 0 < self.dp_meta_share <= 1):
+            problems.append(
+                f"method.options.dp_meta_share must be in (0, 1]; got {self.dp_meta_share!r}"
+            )
         if self.server_optimizer not in ("sgd", "adagrad", "adam"):
             problems.append(
                 "method.options.server_optimizer must be 'sgd', 'adagrad' or 'adam'; "
@@ -689,6 +699,7 @@ class MetaUAOptions:
             "dp_grad_bound",
             "dp_attribute_bound",
             "dp_weight_bound",
+            "dp_meta_share",
         ):
             if isinstance(kwargs.get(name), int) and not isinstance(kwargs[name], bool):
                 kwargs[name] = float(kwargs[name])
@@ -775,7 +786,8 @@ class MetaUAStrategy(Strategy):
         """User-level DP release of the MetaUA sums (:class:`MetaUAOptions`, ``dp_*``).
 
         Every summed name is noised with a bound from the update's clipping norm C
-        and the options' G, Z, E; ``count`` (1 per device) is public. Needs uniform
+        and the options' G, Z, E (the meta-learning sums with share
+        ``dp_meta_share``); ``count`` (1 per device) is public. Needs uniform
         base weights (sample counts are data): ``None`` otherwise.
         """
         o = self.options
@@ -801,6 +813,7 @@ class MetaUAStrategy(Strategy):
                 ("ez", (n_layers, m)),
                 ("grad", (d,)),
             ),
+            weights=tuple((name, float(o.dp_meta_share)) for name in ("delta_ez", "ez", "grad")),
         )
 
     def set_release_noise(self, noise_std: Mapping[str, float]) -> None:

@@ -140,10 +140,11 @@ def _make_strategy(opts: RelayRecOptions, *, uniform: bool = False) -> Strategy:
     """The collaboration strategy; ``uniform`` (user-level DP) weights each device 1."""
     c = opts.collaboration
     weighting: Literal["samples", "uniform"] = "uniform" if uniform else "samples"
+    share = opts.dp_count_share
     if c == "clustered_fedprox":
-        return ClusteredStrategy(mu=opts.mu, weighting=weighting)
+        return ClusteredStrategy(mu=opts.mu, weighting=weighting, count_share=share)
     if c == "clustered_fedavg":
-        return ClusteredStrategy(mu=0.0, weighting=weighting)
+        return ClusteredStrategy(mu=0.0, weighting=weighting, count_share=share)
     if c == "fedprox":
         return SharedUpdateStrategy(mu=opts.mu)
     if c == "fedavg":

@@ -64,6 +64,10 @@ class RelayRecOptions:
         Epochs of fine-tuning each initial model on all cloud data (>= 0).
     selector_hidden, selector_epochs, selector_lr:
         The selector MLP (one hidden ReLU layer, full-batch Adam).
+    dp_count_share:
+        Under ``privacy.user_level_dp``: the share w of the per-cluster device counts
+        in the release's sensitivity C·√(1 + w²), in (0, 1] (default 0.25: the update
+        sums get 3 % more noise than DP-FedAvg's, the counts z·√(1 + w²)/w each).
     """
 
     server_model: str = "xdeepfm"
@@ -87,6 +91,7 @@ class RelayRecOptions:
     selector_hidden: int = 32
     selector_epochs: int = 300
     selector_lr: float = 0.01
+    dp_count_share: float = 0.25
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> RelayRecOptions:
@@ -121,6 +126,10 @@ def _check_relayrec(o: Mapping[str, Any]) -> list[str]:
     for name in ("inner_lr", "outer_lr", "selector_lr"):
         if name in o and not o[name] > 0:
             problems.append(f"method.options.{name} must be > 0; got {o[name]!r}")
+    if "dp_count_share" in o and not 0 < o["dp_count_share"] <= 1:
+        problems.append(
+            f"method.options.dp_count_share must be in (0, 1]; got {o['dp_count_share']!r}"
+        )
     if "mu" in o and o["mu"] < 0:
         problems.append(f"method.options.mu must be >= 0; got {o['mu']!r}")
     collab = o.get("collaboration", "clustered_fedprox")

@@ -79,7 +79,12 @@ def test_strategies_state_their_release() -> None:
     assert spec.dimension == 7 and spec.sensitivity(C) == C  # DP-FedAvg exactly
     clustered = _clustered().release_spec(C)
     assert clustered is not None and clustered.dimension == K * D + K
-    assert clustered.sensitivity(C) == pytest.approx(C * math.sqrt(2))
+    assert clustered.sensitivity(C) == pytest.approx(C * math.sqrt(1 + 0.25**2))
+    assert clustered.noise_std(1.0)["count"] == pytest.approx(math.sqrt(1 + 0.25**2) / 0.25)
+    equal = ClusteredStrategy(weighting="uniform", count_share=1.0)
+    equal.initialize({"a": np.zeros(3, dtype=np.float32)})
+    spec_equal = equal.release_spec(C)
+    assert spec_equal is not None and spec_equal.sensitivity(C) == pytest.approx(C * math.sqrt(2))
     s = ClusteredStrategy(weighting="samples")
     s.initialize({"a": np.zeros(3, dtype=np.float32)})
     assert s.release_spec(C) is None
@@ -114,6 +119,8 @@ def test_an_adversarial_device_moves_each_block_by_at_most_its_bound() -> None:
     moved = unpack_sum(diff, spec, C, shapes, participants=0.0)
     assert np.linalg.norm(moved["delta"]) <= C * (1 + 1e-12)
     assert np.linalg.norm(moved["count"]) <= 1.0 + 1e-12
+    # In the packed space the count block moves by at most its share of C.
+    assert np.linalg.norm(diff[K * D :]) <= 0.25 * C * (1 + 1e-12)
 
 
 def test_names_outside_the_spec_or_inconsistent_copies_are_refused() -> None:
@@ -148,12 +155,14 @@ def test_central_noise_on_slots_and_counts_has_the_stated_std() -> None:
     res = s.aggregate(1, contribs, Channel())
     true = PlaintextSum().aggregate(1, contribs, Channel()).sums
     std = s.noise_std()
-    assert std["delta"] == pytest.approx(1.3 * math.sqrt(2) * C)
+    root = math.sqrt(1 + 0.25**2)
+    assert std["delta"] == pytest.approx(1.3 * root * C)
+    assert std["count"] == pytest.approx(1.3 * root / 0.25)
     assert (res.sums["delta"] - true["delta"]).std() == pytest.approx(std["delta"], rel=0.03)
     np.testing.assert_array_equal(res.sums["weight"], res.sums["count"])
     rec = res.privacy_records[0]
-    assert rec.sensitivity == pytest.approx(C * math.sqrt(2))
-    assert rec.sigma == pytest.approx(1.3 * C * math.sqrt(2))
+    assert rec.sensitivity == pytest.approx(C * root)
+    assert rec.sigma == pytest.approx(1.3 * C * root)
     assert rec.unit == "user" and rec.devices == tuple(str(i) for i in sorted(contribs))
 
 
@@ -167,12 +176,12 @@ def test_distributed_noise_on_slots_decodes_to_the_noisy_sum() -> None:
     res = s.aggregate(2, contribs, Channel())
     true = PlaintextSum().aggregate(2, contribs, Channel()).sums
     assert res.sums["delta"].shape == (K, D) and res.sums["count"].shape == (K,)
-    noise = np.concatenate([(res.sums["delta"] - true["delta"]).ravel() / C,
-                            (res.sums["count"] - true["count"])])  # fmt: skip
-    # Total noise ≈ z·√2 per coordinate in the packed (unit C) space, all shares alive.
-    assert noise.std() == pytest.approx(0.8 * math.sqrt(2), rel=0.15)
+    # Noise on the update sums ≈ z·√(1 + w²)·C per coordinate, all shares alive.
+    noise = (res.sums["delta"] - true["delta"]).ravel()
+    root = math.sqrt(1 + 0.25**2)
+    assert noise.std() == pytest.approx(0.8 * root * C, rel=0.15)
     assert s.last_plan is not None and s.last_plan.dimension == K * D + K
-    assert res.privacy_records[0].sensitivity == pytest.approx(C * math.sqrt(2))
+    assert res.privacy_records[0].sensitivity == pytest.approx(C * root)
 
 
 def test_a_cluster_whose_noisy_count_is_too_small_keeps_its_model() -> None:
@@ -279,7 +288,7 @@ def test_relayrec_under_user_and_example_dp_records_every_release(tmp_path: Path
     ledger = PrivacyLedger.load(tmp_path / "r" / "privacy_ledger.jsonl")
     user = [r for r in ledger.records if r.unit == "user"]
     assert [r.round for r in user] == [1, 2]
-    assert all(r.sensitivity == pytest.approx(0.5 * math.sqrt(2)) for r in user)
+    assert all(r.sensitivity == pytest.approx(0.5 * math.sqrt(1 + 0.25**2)) for r in user)
     example = [r for r in ledger.records if r.unit == "example"]
     assert len(example) == sum(rec["sampled"] - rec["dropped"] for rec in res.records[1:])
     assert all(r.mechanism.startswith("dp_sgd") for r in example)
@@ -327,7 +336,7 @@ def test_metaua_under_dp_records_user_and_example_releases(tmp_path: Path) -> No
     ledger = PrivacyLedger.load(tmp_path / "m" / "privacy_ledger.jsonl")
     user = [r for r in ledger.records if r.unit == "user"]
     assert [r.round for r in user] == [1, 2]
-    assert all(r.sensitivity == pytest.approx(0.5 * math.sqrt(5)) for r in user)
+    assert all(r.sensitivity == pytest.approx(0.5 * math.sqrt(2 + 3 * 0.5**2)) for r in user)
     assert any(r.unit == "example" for r in ledger.records)
 
 
