@@ -35,7 +35,11 @@ from protocols.dp.accountants import (
     make_accountant,
     register_accountant,
 )
-from protocols.dp.calibration import calibrate_noise_multiplier, epsilon_for
+from protocols.dp.calibration import (
+    calibrate_noise_multiplier,
+    epsilon_for,
+    smallest_noise_within,
+)
 from protocols.dp.distributed import (
     DistributedDiscreteGaussianPlan,
     dequantize,
@@ -128,5 +132,6 @@ __all__ = [
     "randomized_response_estimate",
     "register_accountant",
     "rounded_l2_bound",
+    "smallest_noise_within",
     "to_modular",
 ]

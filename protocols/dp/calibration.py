@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from protocols.dp._validation import check_int, check_real
 from protocols.dp.accountants import make_accountant
 from protocols.dp.events import GaussianEvent, PoissonSampledEvent
 from protocols.errors import InvalidParameterError
 
-__all__ = ["calibrate_noise_multiplier", "epsilon_for"]
+__all__ = ["calibrate_noise_multiplier", "epsilon_for", "smallest_noise_within"]
 
 
 def epsilon_for(
@@ -97,20 +99,59 @@ def calibrate_noise_multiplier(
             noise_multiplier=z, sample_rate=q, steps=n, delta=delta, accountant=accountant
         )
 
+    try:
+        return smallest_noise_within(
+            eps, target_epsilon=eps_t, tolerance=tol, max_noise_multiplier=z_max
+        )
+    except InvalidParameterError as exc:
+        raise InvalidParameterError(
+            f"{exc} (`target_delta` = {delta!r}, `sample_rate` = {q!r}, `steps` = {n})"
+        ) from None
+
+
+def smallest_noise_within(
+    epsilon_of: Callable[[float], float],
+    *,
+    target_epsilon: float,
+    tolerance: float | None = None,
+    max_noise_multiplier: float = 1e4,
+) -> float:
+    """The bisection behind every calibration: a noise multiplier z with
+    ``target_epsilon − tolerance <= epsilon_of(z) <= target_epsilon``.
+
+    ``epsilon_of`` must be non-increasing in z (true of every mechanism composed
+    here: more noise never costs more). The search doubles z from 1 until the target
+    is met, then bisects; the result never overspends. ``tolerance`` defaults to
+    0.5 % of the target.
+
+    Raises
+    ------
+    InvalidParameterError
+        If even ``max_noise_multiplier`` spends more than ``target_epsilon`` (the
+        message gives the ε it reaches).
+
+    Examples
+    --------
+    >>> z = smallest_noise_within(lambda z: 4.0 / z, target_epsilon=2.0)
+    >>> 2.0 - 0.01 <= 4.0 / z <= 2.0
+    True
+    """
+    eps_t = check_real("target_epsilon", target_epsilon, low=0.0, low_open=True)
+    tol = 0.005 * eps_t if tolerance is None else float(tolerance)
+    z_max = check_real("max_noise_multiplier", max_noise_multiplier, low=0.0, low_open=True)
     low, high = 0.0, min(1.0, z_max)
-    eps_high = eps(high)
+    eps_high = epsilon_of(high)
     while eps_high > eps_t:
         if high >= z_max:
             raise InvalidParameterError(
                 f"`target_epsilon` = {eps_t!r} is unreachable: even `noise_multiplier` = "
-                f"{high!r} (the `max_noise_multiplier`) spends ε = {eps_high:.6g} at "
-                f"`target_delta` = {delta!r}, `sample_rate` = {q!r}, `steps` = {n}"
+                f"{high!r} (the `max_noise_multiplier`) spends ε = {eps_high:.6g}"
             )
         low, high = high, min(2.0 * high, z_max)
-        eps_high = eps(high)
+        eps_high = epsilon_of(high)
     while eps_t - eps_high > tol and high - low > 1e-9 * high:
         mid = 0.5 * (low + high)
-        e = eps(mid)
+        e = epsilon_of(mid)
         if e <= eps_t:
             high, eps_high = mid, e
         else:

@@ -21,8 +21,13 @@ import dataclasses
 from collections import Counter
 from typing import Any
 
-from protocols.dp import LedgerRecord, calibrate_noise_multiplier, make_accountant
-from protocols.errors import ConfigError
+from protocols.dp import (
+    LedgerRecord,
+    calibrate_noise_multiplier,
+    make_accountant,
+    smallest_noise_within,
+)
+from protocols.errors import ConfigError, InvalidParameterError
 from secrelay.config import RunConfig
 from secrelay.federated.aggregation import PlaintextSum
 from secrelay.federated.client import (
@@ -164,21 +169,13 @@ def calibrate_user_noise(
         acc = make_accountant(p.accountant).compose(event, count=rounds)
         return acc.get_epsilon(delta=delta)
 
-    low, high = 0.0, 1.0
-    while eps(high) > target:
-        if high >= 1e4:
-            raise ConfigError(
-                f"privacy.target_epsilon = {target} is unreachable with distributed noise over "
-                f"{rounds} rounds (z = {high:g} still spends {eps(high):.4g})"
-            )
-        low, high = high, 2.0 * high
-    while high - low > 1e-4 * high:
-        mid = 0.5 * (low + high)
-        if eps(mid) <= target:
-            high = mid
-        else:
-            low = mid
-    return high
+    try:
+        return smallest_noise_within(eps, target_epsilon=target)
+    except InvalidParameterError as exc:
+        raise ConfigError(
+            f"privacy.target_epsilon = {target} is unreachable with distributed noise over "
+            f"{rounds} rounds: {exc}"
+        ) from None
 
 
 def _secure_settings(config: RunConfig) -> Any:

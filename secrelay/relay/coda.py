@@ -55,6 +55,7 @@ from protocols.dp import (
     PoissonSampledEvent,
     SelfComposedEvent,
     make_accountant,
+    smallest_noise_within,
 )
 from protocols.errors import ConfigError, InvalidParameterError
 from secrelay.config import RunConfig
@@ -356,25 +357,16 @@ def calibrated_noise_multiplier(
     target from below, as :func:`protocols.dp.calibrate_noise_multiplier` does for a
     single event; memoised (devices with the same plan share one calibration).
     """
-    low, high = 0.0, 1.0
-    e_high = _composed_epsilon(uses, high, delta, accountant)
-    while e_high > target_epsilon:
-        if high >= 1e4:
-            raise ConfigError(
-                f"privacy.local_target_epsilon = {target_epsilon:g} is unreachable for CoDA's "
-                f"DP-SGD trainings {list(uses)} (q, steps): z = {high:g} still spends "
-                f"ε = {e_high:.4g}; raise the target or train fewer epochs"
-            )
-        low, high = high, 2.0 * high
-        e_high = _composed_epsilon(uses, high, delta, accountant)
-    while target_epsilon - e_high > 0.005 * target_epsilon and high - low > 1e-9 * high:
-        mid = 0.5 * (low + high)
-        e = _composed_epsilon(uses, mid, delta, accountant)
-        if e <= target_epsilon:
-            high, e_high = mid, e
-        else:
-            low = mid
-    return high
+    try:
+        return smallest_noise_within(
+            lambda z: _composed_epsilon(uses, z, delta, accountant), target_epsilon=target_epsilon
+        )
+    except InvalidParameterError as exc:
+        raise ConfigError(
+            f"privacy.local_target_epsilon = {target_epsilon:g} is unreachable for CoDA's "
+            f"DP-SGD trainings {list(uses)} (q, steps): {exc}; raise the target or train "
+            "fewer epochs"
+        ) from None
 
 
 def privacy_problems(config: RunConfig, options: CoDAOptions) -> list[str]:
