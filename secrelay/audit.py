@@ -148,7 +148,8 @@ def audit(
         "epsilon": user_eps,
         "budget": p.user_epsilon,
         "noise_multiplier": sorted({r.noise_multiplier for r in user if r.noise_multiplier}),
-        "clipping_norm": sorted({r.sensitivity for r in user if r.sensitivity}),
+        "clipping_norm": p.clipping_norm,
+        "sensitivity": sorted({r.sensitivity for r in user if r.sensitivity}),
         "sample_rate": sorted({r.sample_rate for r in user if r.sample_rate}),
         "participants_per_round": (
             statistics.mean(len(r.devices) for r in user if r.sample_rate is None)

@@ -13,6 +13,7 @@ import pytest
 
 from protocols.dp import PrivacyLedger
 from protocols.errors import BudgetExceededError, ConfigError, InvalidParameterError
+from secrelay.audit import audit
 from secrelay.config import load_config
 from secrelay.experiment import resume, run
 from secrelay.federated.aggregation import PlaintextSum
@@ -292,6 +293,9 @@ def test_relayrec_under_user_and_example_dp_records_every_release(tmp_path: Path
     example = [r for r in ledger.records if r.unit == "example"]
     assert len(example) == sum(rec["sampled"] - rec["dropped"] for rec in res.records[1:])
     assert all(r.mechanism.startswith("dp_sgd") for r in example)
+    report = audit(tmp_path / "r", comparison=None, write=False)
+    assert report["user_level"]["clipping_norm"] == 0.5
+    assert report["user_level"]["sensitivity"] == [pytest.approx(0.5 * math.sqrt(1 + 0.25**2))]
 
 
 def test_relayrec_budget_refuses_and_resume_does_not_double_count(tmp_path: Path) -> None:
