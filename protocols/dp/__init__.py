@@ -78,6 +78,7 @@ from protocols.dp.local_training import (
     GRAD_SAMPLE_MODES,
     PrivateTraining,
     make_private_local_training,
+    train_private_epochs,
 )
 from protocols.dp.mechanisms import clip_by_l2_norm, clip_update, gaussian_mechanism, l2_norm
 from protocols.dp.rng import RandomGenerator, SecureGenerator, make_generator
@@ -134,4 +135,5 @@ __all__ = [
     "rounded_l2_bound",
     "smallest_noise_within",
     "to_modular",
+    "train_private_epochs",
 ]

@@ -44,7 +44,12 @@ from protocols.dp.events import GaussianEvent, PoissonSampledEvent, SelfComposed
 from protocols.dp.ledger import LedgerRecord
 from protocols.errors import InvalidParameterError
 
-__all__ = ["GRAD_SAMPLE_MODES", "PrivateTraining", "make_private_local_training"]
+__all__ = [
+    "GRAD_SAMPLE_MODES",
+    "PrivateTraining",
+    "make_private_local_training",
+    "train_private_epochs",
+]
 
 GRAD_SAMPLE_MODES: tuple[str, ...] = ("hooks", "functorch", "ew", "ghost")
 
@@ -62,6 +67,8 @@ class PrivateTraining:
         otherwise the criterion passed in (possibly ``None``).
     privacy_engine:
         The Opacus engine (its accountant tracks the steps actually taken).
+    grad_sample_mode:
+        The Opacus mode the module was wrapped in.
     noise_multiplier, sample_rate, steps:
         z, q and the number of steps the record accounts for.
     event:
@@ -80,6 +87,7 @@ class PrivateTraining:
     steps: int
     event: SelfComposedEvent
     record: LedgerRecord
+    grad_sample_mode: str = "hooks"
 
     @property
     def records(self) -> tuple[LedgerRecord, ...]:
@@ -264,4 +272,57 @@ def make_private_local_training(
         steps=steps,
         event=event,
         record=record,
+        grad_sample_mode=grad_sample_mode,
     )
+
+
+def train_private_epochs(
+    pt: PrivateTraining,
+    epochs: int,
+    *,
+    after_step: Callable[[], None] | None = None,
+) -> tuple[int, float]:
+    """Run the ``epochs`` of DP-SGD that ``pt`` accounts for; returns (steps, last loss).
+
+    Every batch of ``pt.data_loader`` is one optimizer step, including an empty
+    Poisson batch: that is a noise-only step. Ghost clipping cannot run backward on
+    zero rows, so there its clipped gradient sum (zero) is set directly and the
+    optimizer adds the noise; the per-sample modes handle empty batches themselves. ``after_step`` runs after each step (e.g. a
+    data-independent proximal step). Raises ``RuntimeError`` if the steps taken
+    differ from ``pt.steps``, the steps the ledger record accounts for.
+    """
+    criterion = pt.criterion
+    if criterion is None:
+        raise InvalidParameterError("train_private_epochs() needs a criterion")
+    params = [p for p in pt.module.parameters() if p.requires_grad]
+    pt.module.train()
+    steps = 0
+    last_loss = float("nan")
+    for _ in range(epochs):
+        total, count = 0.0, 0
+        for xb, yb in pt.data_loader:
+            pt.optimizer.zero_grad(set_to_none=True)
+            if len(yb) == 0 and pt.grad_sample_mode == "ghost":
+                for p in params:
+                    p.grad = torch.zeros_like(p)
+            else:
+                loss = criterion(pt.module(xb), yb)
+                loss.backward()
+                if len(yb):
+                    total += float(loss.item()) * len(yb)
+                    count += len(yb)
+            pt.optimizer.step()
+            if after_step is not None:
+                after_step()
+            steps += 1
+        if count:
+            last_loss = total / count
+    pt.optimizer.zero_grad(set_to_none=True)
+    close = getattr(pt.module, "_close", None)
+    if callable(close):
+        close()
+    if steps != pt.steps:
+        raise RuntimeError(
+            f"DP-SGD took {steps} steps but its ledger record accounts for {pt.steps}"
+        )
+    return steps, last_loss

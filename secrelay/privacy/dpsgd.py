@@ -64,6 +64,7 @@ from protocols.dp import (
     calibrate_noise_multiplier,
     make_accountant,
     make_private_local_training,
+    train_private_epochs,
 )
 from protocols.errors import InvalidParameterError
 from secrelay.data.dataset import CTRDataset
@@ -298,38 +299,16 @@ class DPSGDTrainer(LocalTrainer):
                 generator=None if self.secure_mode else generator,
                 accountant=self.accountant,
             )
-            criterion = pt.criterion
-            assert criterion is not None
             params = list(model.parameters())
             shrink = 1.0 / (1.0 + self.config.lr * mu)
-            pt.module.train()
-            steps = 0
-            last_loss = float("nan")
-            for _ in range(self.config.epochs):
-                total, count = 0.0, 0
-                for xb, yb in pt.data_loader:
-                    pt.optimizer.zero_grad(set_to_none=True)
-                    loss = criterion(pt.module(xb), yb)
-                    loss.backward()
-                    pt.optimizer.step()  # an empty Poisson batch still takes a (noise-only) step
-                    if mu > 0 and reference is not None:
-                        with torch.no_grad():
-                            for p, r in zip(params, reference):
-                                p.mul_(shrink).add_(r, alpha=1.0 - shrink)
-                    steps += 1
-                    if len(yb):
-                        total += float(loss.item()) * len(yb)
-                        count += len(yb)
-                if count:
-                    last_loss = total / count
-            pt.optimizer.zero_grad(set_to_none=True)
-            close = getattr(pt.module, "_close", None)
-            if callable(close):
-                close()
-        if steps != pt.steps:
-            raise RuntimeError(
-                f"DP-SGD took {steps} steps but its ledger record accounts for {pt.steps}"
-            )
+
+            def proximal() -> None:
+                if mu > 0 and reference is not None:
+                    with torch.no_grad():
+                        for p, r in zip(params, reference):
+                            p.mul_(shrink).add_(r, alpha=1.0 - shrink)
+
+            steps, last_loss = train_private_epochs(pt, self.config.epochs, after_step=proximal)
         return TrainOutcome(steps, last_loss, pt.records)
 
     def _train_sparse(

@@ -42,7 +42,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from protocols.dp import GRAD_SAMPLE_MODES, LedgerRecord, make_private_local_training
+from protocols.dp import (
+    GRAD_SAMPLE_MODES,
+    LedgerRecord,
+    make_private_local_training,
+    train_private_epochs,
+)
 from protocols.errors import InvalidParameterError
 from secrelay.data.dataset import CTRDataset
 from secrelay.metrics import auc, logloss
@@ -517,40 +522,7 @@ def private_train(
             generator=None if dp.secure_mode else generator,
             accountant=dp.accountant,
         )
-        criterion = pt.criterion
-        assert criterion is not None
-        params = [prm for prm in model.parameters() if prm.requires_grad]
-        pt.module.train()
-        steps = 0
-        last_loss = float("nan")
-        for _ in range(config.epochs):
-            total, count = 0.0, 0
-            for xb, yb in pt.data_loader:
-                pt.optimizer.zero_grad(set_to_none=True)
-                if len(yb) == 0 and dp.grad_sample_mode == "ghost":
-                    # An empty Poisson batch is a noise-only step. Ghost clipping cannot
-                    # run backward on zero rows, so its (clipped, summed) gradient — zero —
-                    # is set directly; the optimizer adds the noise and counts the step.
-                    for prm in params:
-                        prm.grad = torch.zeros_like(prm)
-                else:
-                    loss = criterion(pt.module(xb), yb)
-                    loss.backward()
-                    if len(yb):
-                        total += float(loss.item()) * len(yb)
-                        count += len(yb)
-                pt.optimizer.step()
-                steps += 1
-            if count:
-                last_loss = total / count
-        pt.optimizer.zero_grad(set_to_none=True)
-        close = getattr(pt.module, "_close", None)
-        if callable(close):
-            close()
-    if steps != pt.steps:
-        raise RuntimeError(
-            f"DP-SGD took {steps} steps but its ledger record accounts for {pt.steps}"
-        )
+        steps, last_loss = train_private_epochs(pt, config.epochs)
     record = dataclasses.replace(pt.record, mechanism=f"{mechanism}/{pt.record.mechanism}")
     return PrivateTrainResult(steps, last_loss, record)
 

@@ -162,3 +162,37 @@ def test_secure_mode_without_csprng_backend_says_so():
             criterion=nn.BCEWithLogitsLoss(),
             secure_mode=True,
         )
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_train_private_epochs_takes_noise_only_steps_on_empty_batches(mode):
+    from protocols.dp.local_training import train_private_epochs
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 6, generator=g)
+    y = (x[:, 0] > 0).float()
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 1), nn.Flatten(0))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(x, y), batch_size=1)  # q = 1/40: many empty batches
+    pt = make_private_local_training(
+        model,
+        opt,
+        loader,
+        noise_multiplier=1.0,
+        target_delta=1e-5,
+        max_grad_norm=1.0,
+        epochs=2,
+        run_id="run",
+        round=1,
+        device_id="d",
+        criterion=nn.BCEWithLogitsLoss(),
+        grad_sample_mode=mode,
+        generator=torch.Generator().manual_seed(5),
+    )
+    sizes = [len(yb) for _, yb in pt.data_loader]
+    assert 0 in sizes  # the situation under test occurs with this seed
+    before = [p.detach().clone() for p in pt.module.parameters()]
+    steps, loss = train_private_epochs(pt, 2)
+    assert steps == pt.steps == pt.steps_taken() == 80
+    assert loss == loss  # not NaN: some batches were non-empty
+    assert any(not torch.equal(a, b) for a, b in zip(before, pt.module.parameters()))
