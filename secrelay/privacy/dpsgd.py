@@ -67,12 +67,13 @@ from protocols.dp import (
     train_private_epochs,
 )
 from protocols.errors import InvalidParameterError
+from secrelay.config import RunConfig
 from secrelay.data.dataset import CTRDataset
 from secrelay.federated.client import DeviceData, DeviceTask, LocalTrainer, TrainOutcome
 from secrelay.models.base import CTRModel
 from secrelay.training import TrainConfig, make_optimizer
 
-__all__ = ["TRAINER_MODES", "DPSGDTrainer"]
+__all__ = ["TRAINER_MODES", "DPSGDTrainer", "dpsgd_trainer_from"]
 
 TRAINER_MODES = (*GRAD_SAMPLE_MODES, "sparse")
 """Opacus' grad-sample modes and ``"sparse"`` (:mod:`secrelay.privacy.dp_embedding`)."""
@@ -91,9 +92,14 @@ def _calibrated(
     )
 
 
-def _tensors(data: CTRDataset) -> TensorDataset:
+def _tensors(data: CTRDataset, labels: np.ndarray | None = None) -> TensorDataset:
     x = torch.from_numpy(np.array(data.x, dtype=np.int64))
-    y = torch.from_numpy(np.array(data.y, dtype=np.float32))
+    y_np = data.y if labels is None else labels
+    y = torch.from_numpy(np.array(y_np, dtype=np.float32))
+    if y.shape != (len(data),):
+        raise InvalidParameterError(
+            f"`labels` must have shape ({len(data)},); got {tuple(y.shape)}"
+        )
     return TensorDataset(x, y)
 
 
@@ -210,10 +216,10 @@ class DPSGDTrainer(LocalTrainer):
         )
 
     # --- accounting --------------------------------------------------------------
-    def _loader(self, data: DeviceData) -> DataLoader[Any]:
+    def _loader(self, data: DeviceData, labels: np.ndarray | None = None) -> DataLoader[Any]:
         if data.num_train < 1:
             raise InvalidParameterError(f"device {data.device_id} has no training rows")
-        return DataLoader(_tensors(data.train), batch_size=self.config.batch_size)
+        return DataLoader(_tensors(data.train, labels), batch_size=self.config.batch_size)
 
     def _shape(self, loader: DataLoader[Any]) -> tuple[float, int]:
         """(q, steps) exactly as :func:`make_private_local_training` computes them."""
@@ -269,12 +275,17 @@ class DPSGDTrainer(LocalTrainer):
         generator: torch.Generator,
         reference: list[torch.Tensor] | None,
         task: DeviceTask,
+        labels: np.ndarray | None = None,
     ) -> TrainOutcome:
-        """Train ``model`` in place with DP-SGD; return steps, loss and the ledger record."""
+        """Train ``model`` in place with DP-SGD; return steps, loss and the ledger record.
+
+        ``labels`` replaces the train rows' labels (LCFT's soft labels; linear-in-target
+        BCE, so any real label works); the record does not depend on them.
+        """
         mu = self.config.prox_mu
         if mu > 0 and reference is None:
             raise InvalidParameterError("`reference` weights are required when prox_mu > 0")
-        loader = self._loader(data)
+        loader = self._loader(data, labels)
         z = self.noise_multiplier_for(data)
         model.train()  # Opacus validates a module in training mode (callers may have evaluated)
         if self.grad_sample_mode == "sparse":
@@ -380,3 +391,24 @@ class _Holder(nn.Module):
     def __init__(self, params: list[nn.Parameter]) -> None:
         super().__init__()
         self.held = nn.ParameterList(params)
+
+
+def dpsgd_trainer_from(
+    config: RunConfig, train: TrainConfig, *, participations: int = 1
+) -> DPSGDTrainer:
+    """The :class:`DPSGDTrainer` a run's ``[privacy]`` asks for, over the local
+    training ``train``; ``participations`` trainings per device share
+    ``privacy.local_target_epsilon`` (when calibrating)."""
+    p = config.privacy
+    return DPSGDTrainer(
+        config=train,
+        max_grad_norm=p.max_grad_norm,
+        target_delta=p.delta,
+        noise_multiplier=p.local_noise_multiplier,
+        target_epsilon=p.local_target_epsilon,
+        participations=participations,
+        grad_sample_mode=p.grad_sample_mode,
+        accountant=p.accountant,
+        run_id=config.run.name,
+        secure_mode=p.secure_noise,
+    )

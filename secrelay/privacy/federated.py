@@ -39,7 +39,7 @@ from secrelay.federated.client import (
 from secrelay.federated.loop import FederatedLoop
 from secrelay.federated.release import ReleaseSpec
 from secrelay.federated.secure import SecureSum
-from secrelay.privacy.dpsgd import DPSGDTrainer
+from secrelay.privacy.dpsgd import DPSGDTrainer, dpsgd_trainer_from
 from secrelay.privacy.user_dp import (
     CentralGaussianSum,
     ClipUpdate,
@@ -195,18 +195,7 @@ def _private_program(program: Any, config: RunConfig, participations: int) -> An
                 f"privacy.dp_sgd replaces the plain local trainer; this method trains with "
                 f"{type(trainer).__name__}"
             )
-        trainer = DPSGDTrainer(
-            config=trainer.config,
-            max_grad_norm=p.max_grad_norm,
-            target_delta=p.delta,
-            noise_multiplier=p.local_noise_multiplier,
-            target_epsilon=p.local_target_epsilon,
-            participations=participations,
-            grad_sample_mode=p.grad_sample_mode,
-            accountant=p.accountant,
-            run_id=config.run.name,
-            secure_mode=p.secure_noise,
-        )
+        trainer = dpsgd_trainer_from(config, trainer.config, participations=participations)
     transforms = program.transforms
     if p.user_level_dp:
         assert p.clipping_norm is not None

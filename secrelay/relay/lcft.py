@@ -90,6 +90,7 @@ from secrelay.federated.loop import FederatedLoop, RoundConfig
 from secrelay.federated.messages import SERVER, QueryMessage, ReplyMessage
 from secrelay.federated.strategies import StandaloneStrategy
 from secrelay.metrics import Metrics, auc, evaluate_predictions, gauc
+from secrelay.privacy.dpsgd import DPSGDTrainer, dpsgd_trainer_from
 from secrelay.relay.relayrec_options import _from_mapping
 from secrelay.training import TrainConfig, predict, train_epochs
 
@@ -639,6 +640,7 @@ class LCFTProgram(ClientProgram):
     corrections: tuple[str, ...]
     table: CorrectionTable | None = None
     correction_path: CorrectionPath = "table"
+    dp_trainer: DPSGDTrainer | None = None
 
     def _pair(self, correction: str, local_ctr: float, task: DeviceTask) -> tuple[float, float]:
         if correction == "hard" and self.correction_path == "query":
@@ -659,16 +661,36 @@ class LCFTProgram(ClientProgram):
             cloud_model = self.model.build()
             load_flat_parameters(cloud_model, start)
             private["predictions/cloud"] = predict(cloud_model, data.test)
+            records: list[LedgerRecord] = []
             for c in self.corrections:
                 a, b = self._pair(c, w_i, task)
                 labels = corrected_labels(data.train.y, a, b)
-                model = _fine_tune(
-                    self.model, start, data.train, labels, self.train, seed=task.seed
-                )
+                if self.dp_trainer is None:
+                    model = _fine_tune(
+                        self.model, start, data.train, labels, self.train, seed=task.seed
+                    )
+                else:  # example-level DP-SGD; its record is spent for every correction
+                    torch.manual_seed(task.seed)
+                    model = self.model.build()
+                    load_flat_parameters(model, start)
+                    out = self.dp_trainer.train_round(
+                        model,
+                        data,
+                        generator=torch.Generator().manual_seed(task.seed),
+                        reference=None,
+                        task=task,
+                        labels=labels,
+                    )
+                    records.extend(out.privacy_records)
                 private[f"predictions/{c}"] = predict(model, data.test)
                 private[f"pair/{c}"] = (a, b)
         private["predictions"] = private[f"predictions/{self.corrections[0]}"]
-        return DeviceOutput({}, private=private, stats={"loss": float("nan"), "steps": 0.0})
+        return DeviceOutput(
+            {},
+            private=private,
+            stats={"loss": float("nan"), "steps": 0.0},
+            privacy_records=tuple(records),
+        )
 
 
 @dataclass(frozen=True)
@@ -756,13 +778,25 @@ def _check_lcft(o: Mapping[str, Any]) -> list[str]:
 def _privacy_problems(options: LCFTOptions, privacy: Any) -> list[str]:
     """LCFT's checks of ``[privacy]`` (every problem, each naming its keys)."""
     problems = []
-    if privacy.dp_sgd or privacy.user_level_dp:
-        on = [k for k in ("dp_sgd", "user_level_dp") if getattr(privacy, k)]
+    if privacy.user_level_dp:
         problems.append(
-            f"method.name 'lcft' does not apply {' / '.join('privacy.' + k for k in on)}: its "
-            "fine-tuning stays on the device and nothing is aggregated; turn them off "
-            "(privacy.query_ldp protects LCFT's only upload, the local-CTR query)"
+            "method.name 'lcft' does not apply privacy.user_level_dp: nothing is aggregated "
+            "(privacy.query_ldp protects LCFT's only upload, the local-CTR query); turn it off"
         )
+    if privacy.dp_sgd:
+        raw = [
+            c
+            for c in options.corrections
+            if c in ("soft1", "soft2")
+            or (c == "hard" and (options.correction_path != "query" or privacy.query_ldp == "off"))
+        ]
+        if raw:
+            problems.append(
+                f"privacy.dp_sgd cannot make LCFT's corrections {raw} example-level private: "
+                "their (α, β) come from the device's raw local CTR, so one example changes every "
+                "label. Use corrections = ['none'], or 'hard' with correction_path = 'query' and "
+                "privacy.query_ldp on (the pair is then a function of a DP report)"
+            )
     if privacy.query_ldp != "off":
         if "hard" not in options.corrections:
             problems.append(
@@ -836,7 +870,7 @@ class LCFTMethod(Method):
     """
 
     name = "lcft"
-    supports_privacy = True  # privacy.query_ldp; dp_sgd / user_level_dp are refused
+    supports_privacy = True  # privacy.query_ldp and dp_sgd; user_level_dp is refused
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
@@ -858,6 +892,7 @@ class LCFTMethod(Method):
         self.search_stats: dict[str, Any] = {}
         self.query_stats: dict[str, float] = {}
         self._privacy_records: tuple[LedgerRecord, ...] = ()
+        self.dp_trainer: DPSGDTrainer | None = None
 
     def setup(self) -> None:
         cfg, seed = self.ctx.config, self.ctx.seed
@@ -911,13 +946,20 @@ class LCFTMethod(Method):
     def _build_loop(self) -> None:
         strategy = StandaloneStrategy()
         strategy.initialize({"global": self.cloud_vec})
+        train = make_train_config(self.ctx.config.local)
+        self.dp_trainer = (
+            dpsgd_trainer_from(self.ctx.config, train, participations=len(self.options.corrections))
+            if self.ctx.config.privacy.dp_sgd
+            else None
+        )
         program = LCFTProgram(
             self.ctx.model_spec,
-            make_train_config(self.ctx.config.local),
+            train,
             self.global_ctr,
             tuple(self.options.corrections),
             self.table if self.options.correction_path == "table" else None,
             self.options.correction_path,
+            self.dp_trainer,
         )
         self.loop = FederatedLoop(
             strategy,
@@ -987,13 +1029,23 @@ class LCFTMethod(Method):
         return () if rec is None else (rec,)
 
     def planned_privacy_records(self, round: int) -> tuple[LedgerRecord, ...]:
-        """Round 1's query release, from the config and the device ids alone."""
-        if self.query is None or round != 1:
+        """Round 1's releases, from the config, the device ids and data sizes alone:
+        the query record, and each device's DP-SGD record once per correction."""
+        if round != 1:
             return ()
-        rec = self.query.record(
-            run_id=self.ctx.config.run.name, round=round, devices=sorted(self.ctx.data.devices)
-        )
-        return () if rec is None else (rec,)
+        out: list[LedgerRecord] = []
+        if self.query is not None:
+            rec = self.query.record(
+                run_id=self.ctx.config.run.name, round=round, devices=sorted(self.ctx.data.devices)
+            )
+            if rec is not None:
+                out.append(rec)
+        if self.dp_trainer is not None:
+            for _, dd in sorted(self.ctx.data.devices.items()):
+                if dd.num_train:
+                    rec = self.dp_trainer.planned_record(dd, round=round)
+                    out.extend([rec] * len(self.options.corrections))
+        return tuple(out)
 
     def privacy_records(self, round: int) -> tuple[LedgerRecord, ...]:
         return self._privacy_records
@@ -1003,11 +1055,13 @@ class LCFTMethod(Method):
         if self.query is not None:
             self._privacy_records = self._query_phase(round)
         try:
-            rec = self.loop.run_round(round, evaluate=True).as_dict()
+            record = self.loop.run_round(round, evaluate=True)
         except ProtocolAbort as exc:  # the queries were released all the same
             prior = tuple(getattr(exc, "privacy_records", ()))
             exc.privacy_records = prior + self._privacy_records  # type: ignore[attr-defined]
             raise
+        self._privacy_records += tuple(record.privacy_records)
+        rec = record.as_dict()
         for k, v in self.query_stats.items():
             rec[f"query/{k}"] = v
         local_ctr = {d: float(s["local_ctr"]) for d, s in self.loop.store.state.items()}

@@ -297,7 +297,7 @@ def test_user_budget_refuses_the_query_round_before_it_runs(tmp_path: Path) -> N
         (
             {},
             {"dp_sgd": True, "local_noise_multiplier": 1.0},
-            r"'lcft' does not apply privacy\.dp_sgd",
+            r"privacy\.dp_sgd cannot make LCFT's corrections \['hard', 'soft1'\]",
         ),
         (
             {"correction_path": "query"},
@@ -312,3 +312,38 @@ def test_config_refusals(
     with pytest.raises(ConfigError, match=match):
         _run(_config(options=options, **privacy), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoint.pt").exists()  # refused before any training
+
+
+# --- example-level DP-SGD on the fine-tuning -------------------------------------------------
+
+
+def test_dp_sgd_fine_tuning_spends_one_record_per_device_and_correction(tmp_path: Path) -> None:
+    ldp = {"query_ldp": "gaussian", "query_ldp_epsilon": 2.0}
+    cfg = _config(
+        options={"corrections": ["hard", "none"], "correction_path": "query"},
+        dp_sgd=True,
+        local_noise_multiplier=1.0,
+        **ldp,
+    )
+    _run(cfg, tmp_path / "r")
+    ledger = PrivacyLedger.load(tmp_path / "r" / "privacy_ledger.jsonl")
+    example = [r for r in ledger.records if r.unit == "example"]
+    user = [r for r in ledger.records if r.unit == "user"]
+    assert len(user) == 1 and user[0].mechanism == "lcft_query[gaussian]"
+    per_device: dict[str, int] = {}
+    for r in example:
+        assert r.mechanism == "dp_sgd[ghost]" and r.round == 1
+        per_device[r.devices[0]] = per_device.get(r.devices[0], 0) + 1
+    assert per_device and set(per_device.values()) == {2}  # 'hard' and 'none'
+
+
+def test_dp_sgd_budget_refuses_lcft_before_it_fine_tunes(tmp_path: Path) -> None:
+    cfg = _config(
+        options={"corrections": ["none"]},
+        dp_sgd=True,
+        local_noise_multiplier=0.3,
+        example_epsilon=0.5,
+    )
+    with pytest.raises(BudgetExceededError, match=r"privacy\.example_epsilon"):
+        _run(cfg, tmp_path / "r")
+    assert not (tmp_path / "r" / "privacy_ledger.jsonl").exists()
