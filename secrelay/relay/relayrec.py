@@ -112,13 +112,19 @@ def model_keys(k: int) -> tuple[str, ...]:
 class SharedUpdateStrategy(FedAvg):
     """The ``fedavg`` / ``fedprox`` collaboration ablation with K initial models:
     every device trains from its chosen model, the server averages *all* devices'
-    updates (sample-weighted) and applies the mean to every model. With one
+    updates (sample-weighted, or uniform) and applies the mean to every model. With one
     initial model (or K identical ones) this is plain FedAvg / FedProx."""
 
     name = "relayrec_shared"
 
-    def __init__(self, *, mu: float = 0.0, server_lr: float = 1.0) -> None:
-        super().__init__(server_lr=server_lr, weighting="samples")
+    def __init__(
+        self,
+        *,
+        mu: float = 0.0,
+        server_lr: float = 1.0,
+        weighting: Literal["samples", "uniform"] = "samples",
+    ) -> None:
+        super().__init__(server_lr=server_lr, weighting=weighting)
         if mu < 0:
             raise InvalidParameterError(f"`mu` must be >= 0; got {mu!r}")
         self.mu = float(mu)
@@ -146,9 +152,9 @@ def _make_strategy(opts: RelayRecOptions, *, uniform: bool = False) -> Strategy:
     if c == "clustered_fedavg":
         return ClusteredStrategy(mu=0.0, weighting=weighting, count_share=share)
     if c == "fedprox":
-        return SharedUpdateStrategy(mu=opts.mu)
+        return SharedUpdateStrategy(mu=opts.mu, weighting=weighting)
     if c == "fedavg":
-        return SharedUpdateStrategy(mu=0.0)
+        return SharedUpdateStrategy(mu=0.0, weighting=weighting)
     return StandaloneStrategy()
 
 
@@ -374,7 +380,8 @@ class RelayRecMethod(LoopPrivacy, Method):
         self._build_loop(store)
 
     def _strategy(self) -> Strategy:
-        return _make_strategy(self.options, uniform=self.ctx.config.privacy.user_level_dp)
+        uniform = self.options.weighting == "uniform" or self.ctx.config.privacy.user_level_dp
+        return _make_strategy(self.options, uniform=uniform)
 
     def _server_model(self) -> CTRModel:
         kwargs = {

@@ -64,6 +64,10 @@ class RelayRecOptions:
         Epochs of fine-tuning each initial model on all cloud data (>= 0).
     selector_hidden, selector_epochs, selector_lr:
         The selector MLP (one hidden ReLU layer, full-batch Adam).
+    weighting:
+        Device weights in the clustered aggregation: ``"samples"`` (default) or
+        ``"uniform"``; ``privacy.user_level_dp`` always uses uniform weights (sample
+        counts are device data).
     dp_count_share:
         Under ``privacy.user_level_dp``: the share w of the per-cluster device counts
         in the release's sensitivity C·√(1 + w²), in (0, 1] (default 0.25: the update
@@ -91,6 +95,7 @@ class RelayRecOptions:
     selector_hidden: int = 32
     selector_epochs: int = 300
     selector_lr: float = 0.01
+    weighting: Literal["samples", "uniform"] = "samples"
     dp_count_share: float = 0.25
 
     @classmethod

@@ -311,14 +311,31 @@ def test_relayrec_budget_refuses_and_resume_does_not_double_count(tmp_path: Path
             progress=False, log=_quiet)  # fmt: skip
 
 
-def test_relay_methods_refuse_privacy_they_cannot_give(tmp_path: Path) -> None:
-    with pytest.raises(
-        ConfigError, match=r"needs uniform weighting.*'relayrec_shared' uses 'samples'"
-    ):
-        run(_relayrec(collaboration="fedavg", **USER), tmp_path / "a", progress=False, log=_quiet)
+def test_relayrec_shared_update_ablation_runs_under_user_dp(tmp_path: Path) -> None:
+    run(_relayrec(collaboration="fedavg", **USER), tmp_path / "a", progress=False, log=_quiet)
+    ledger = PrivacyLedger.load(tmp_path / "a" / "privacy_ledger.jsonl")
+    assert [r.sensitivity for r in ledger.records] == [0.5, 0.5]  # DP-FedAvg: C
     with pytest.raises(ConfigError, match="releases none"):
         run(_relayrec(collaboration="standalone", **USER), tmp_path / "b", progress=False,
             log=_quiet)  # fmt: skip
+
+
+def test_relayrec_weighting_option_and_dp_choose_the_strategy_weights() -> None:
+    from types import SimpleNamespace
+
+    from secrelay.relay.relayrec import RelayRecMethod
+    from secrelay.relay.relayrec_options import RelayRecOptions
+
+    def weighting(options: dict, **privacy) -> str:
+        m = RelayRecMethod.__new__(RelayRecMethod)
+        m.options = RelayRecOptions.from_mapping(options)
+        m.ctx = SimpleNamespace(config=load_config(None, privacy=privacy))  # type: ignore[assignment]
+        return m._strategy().weighting  # type: ignore[attr-defined,no-any-return]
+
+    assert weighting({}) == "samples"
+    assert weighting({"weighting": "uniform"}) == "uniform"
+    assert weighting({"collaboration": "fedavg", "weighting": "uniform"}) == "uniform"
+    assert weighting({}, **USER) == "uniform"  # user-level DP: sample counts are data
 
 
 def _metaua_config(**privacy):
