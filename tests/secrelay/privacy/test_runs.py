@@ -163,7 +163,7 @@ def test_privacy_config_is_validated_with_key_names(tmp_path: Path) -> None:
         run(cfg, tmp_path / "a", progress=False, log=_quiet)
     with pytest.raises(ConfigError, match="torchcsprng"):
         run(_config(**BOTH, secure_noise=True), tmp_path / "c", progress=False, log=_quiet)
-    with pytest.raises(ConfigError, match=r"does not apply privacy\.dp_sgd"):
+    with pytest.raises(ConfigError, match=r"'lcft' does not apply privacy\.user_level_dp"):
         cfg = _config(**BOTH).replace(method={"name": "lcft"})
         run(cfg, tmp_path / "b", progress=False, log=_quiet)
 
