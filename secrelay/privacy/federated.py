@@ -1,12 +1,16 @@
 """Put differential privacy around any :class:`~secrelay.federated.loop.FederatedLoop`.
 
 :func:`privatize_loop` is the one call a method makes after building its loop
-(``FederatedMethod`` does; the relay methods can do the same): it replaces the
-device trainer by :class:`~secrelay.privacy.dpsgd.DPSGDTrainer` (``privacy.dp_sgd``),
-appends :class:`~secrelay.privacy.user_dp.ClipUpdate` to the device's update
-transforms and wraps the sum protocol in a user-level DP sum (``privacy.user_level_dp``:
-central Gaussian noise on plaintext sums, distributed discrete Gaussian noise under
-secure aggregation). Strategies are not touched.
+(``federated``, ``relayrec`` and ``metaua`` do, through
+:class:`~secrelay.experiment.LoopPrivacy`): it replaces the device trainer by
+:class:`~secrelay.privacy.dpsgd.DPSGDTrainer` (``privacy.dp_sgd``), appends
+:class:`~secrelay.privacy.user_dp.ClipUpdate` to the device's update transforms and
+wraps the sum protocol in a user-level DP sum (``privacy.user_level_dp``: central
+Gaussian noise on plaintext sums, distributed discrete Gaussian noise under secure
+aggregation) built from the strategy's
+:class:`~secrelay.federated.release.ReleaseSpec` — which names are noised and with
+what bound. Strategies are only asked (``release_spec``) and told the noise
+(``set_release_noise``); their aggregation code is not touched.
 
 :func:`plan_round_records` is the dry run of a round: the ledger records the round
 *could* spend, computed before it runs (DP-SGD's records depend only on each sampled
@@ -209,9 +213,11 @@ def privatize_loop(loop: FederatedLoop, config: RunConfig, *, rounds: int) -> Fe
     Parameters
     ----------
     loop:
-        A loop whose program is a :class:`LocalTrainingProgram` (or a
-        :class:`PersonalizedProgram` around one) with a :class:`PlainTrainer`, and whose
-        sum protocol is :class:`PlaintextSum` or :class:`SecureSum`.
+        A loop whose program has a ``trainer`` and update ``transforms`` (a
+        :class:`LocalTrainingProgram`, MetaUA's program, or a
+        :class:`PersonalizedProgram` around one) with a :class:`PlainTrainer`, whose
+        strategy states a ``release_spec`` (for user-level DP), and whose sum
+        protocol is :class:`PlaintextSum` or :class:`SecureSum`.
     config:
         The run configuration.
     rounds:
