@@ -369,3 +369,17 @@ def test_metaua_refuses_dp_sgd_alone_and_sample_weights(tmp_path: Path) -> None:
     cfg = cfg.replace(method={"name": "metaua", "options": {"weighting": "samples"}})
     with pytest.raises(ConfigError, match=r"method\.options\.weighting = 'uniform'"):
         run(cfg, tmp_path / "b", progress=False, log=_quiet)
+
+
+def test_relay_methods_under_secure_aggregation_add_distributed_noise(tmp_path: Path) -> None:
+    secure = {**USER, "secure_aggregation": True}
+    run(_relayrec(**secure), tmp_path / "r", progress=False, log=_quiet)
+    records = PrivacyLedger.load(tmp_path / "r" / "privacy_ledger.jsonl").records
+    assert [r.round for r in records] == [1, 2]
+    assert {r.mechanism for r in records} == {"dp_fedavg[distributed_discrete_gaussian]"}
+    assert all(r.sensitivity == pytest.approx(0.5 * math.sqrt(1 + 0.25**2)) for r in records)
+    assert all(r.sample_rate is None for r in records)  # no amplification against the server
+    run(_metaua_config(**secure), tmp_path / "m", progress=False, log=_quiet)
+    records = PrivacyLedger.load(tmp_path / "m" / "privacy_ledger.jsonl").records
+    assert {r.mechanism for r in records} == {"dp_fedavg[distributed_discrete_gaussian]"}
+    assert all(r.sensitivity == pytest.approx(0.5 * math.sqrt(2.75)) for r in records)
