@@ -486,7 +486,7 @@ class ClusteredStrategy(Strategy):
             # exactly zero: decide emptiness on the (integer) device count, never on
             # the noisy weight, or an empty cluster's model would be divided by ~0.
             # Under user-level DP the count itself is noisy: min_count is 3 σ.
-            if n_devices == 0 or count[i] < self.min_count or weight[i] <= 0:
+            if count[i] < self.min_count or weight[i] <= 0:  # min_count >= 0.5: none
                 continue
             self._set(key, self.models[key] + self.server_lr * delta[i] / weight[i])
         return stats

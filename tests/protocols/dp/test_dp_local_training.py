@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from protocols.dp.ledger import PrivacyBudget, PrivacyLedger
-from protocols.dp.local_training import make_private_local_training
+from protocols.dp.local_training import make_private_local_training, train_private_epochs
 from protocols.errors import BudgetExceededError, InvalidParameterError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -166,8 +166,6 @@ def test_secure_mode_without_csprng_backend_says_so():
 
 @pytest.mark.parametrize("mode", ["hooks", "ghost"])
 def test_train_private_epochs_takes_noise_only_steps_on_empty_batches(mode):
-    from protocols.dp.local_training import train_private_epochs
-
     g = torch.Generator().manual_seed(3)
     x = torch.randn(40, 6, generator=g)
     y = (x[:, 0] > 0).float()
