@@ -36,19 +36,10 @@ import abc
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
-from opacus.accountants.analysis import rdp as _opacus_rdp
-from opacus.accountants.analysis.prv import (
-    Domain,
-    PoissonSubsampledGaussianPRV,
-    TruncatedPrivacyRandomVariable,
-    compose_heterogeneous,
-    compute_safe_domain_size,
-    discretize,
-)
 from scipy import fft as sp_fft
 from scipy import optimize, special
 
@@ -67,8 +58,20 @@ from protocols.dp.events import (
     ZCDPEvent,
 )
 from protocols.errors import InvalidParameterError, UnsupportedEventError
+from protocols.registry import Registry
+
+if TYPE_CHECKING:
+    from opacus.accountants.analysis.prv import Domain
+
+# Opacus' analysis modules (``opacus.accountants.analysis.rdp`` and ``.prv``) are
+# numpy/scipy only, but importing any ``opacus.*`` submodule first runs
+# ``opacus/__init__.py``, which imports torch. They are therefore imported inside
+# the functions that use them: a deliberate lazy import that defers a heavy optional
+# dependency (not a workaround for an import cycle), so ``import protocols.dp`` loads
+# neither torch nor Opacus while computing an RDP/PRV ε may load both.
 
 __all__ = [
+    "ACCOUNTANTS",
     "DEFAULT_RDP_ORDERS",
     "PRVAccountant",
     "PrivacyAccountant",
@@ -171,6 +174,8 @@ def _check_delta(delta: object) -> float:
 
 
 def _rdp_curve(leaves: _Leaves, orders: NDArray[np.float64]) -> NDArray[np.float64]:
+    from opacus.accountants.analysis import rdp as _opacus_rdp  # lazy: imports torch
+
     rdp = np.zeros_like(orders)
     for (q, z), n in leaves.gaussian.items():
         rdp += np.asarray(
@@ -184,6 +189,8 @@ def _rdp_to_epsilon(orders: NDArray[np.float64], rdp: NDArray[np.float64], delta
     """Balle et al. 2020, Thm. 21, via Opacus; plus the KL shortcut of ``dp_accounting``."""
     if not np.any(rdp > 0):
         return 0.0
+    from opacus.accountants.analysis import rdp as _opacus_rdp  # lazy: imports torch
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "optimal order is the largest alpha" advice
         eps, _ = _opacus_rdp.get_privacy_spent(orders=list(orders), rdp=list(rdp), delta=delta)
@@ -218,6 +225,8 @@ def _fft_friendly_domain(half: float, mesh: float) -> Domain:
     A wider domain only truncates less mass; a 5-smooth size keeps the FFT fast
     (a size with a large prime factor can be 10x slower).
     """
+    from opacus.accountants.analysis.prv import Domain  # lazy: imports torch
+
     domain = Domain.create_aligned(-half, half, mesh)
     for _ in range(8):
         target = sp_fft.next_fast_len(domain.size, real=True)
@@ -362,6 +371,14 @@ class PRVAccountant(PrivacyAccountant):
             # Composed full-batch Gaussians are one Gaussian: exact, no discretisation.
             mu = math.sqrt(math.fsum(n / z**2 for (_, z), n in gaussian.items()))
             return _gaussian_epsilon(mu, delta)
+        from opacus.accountants.analysis.prv import (  # lazy: imports torch
+            PoissonSubsampledGaussianPRV,
+            TruncatedPrivacyRandomVariable,
+            compose_heterogeneous,
+            compute_safe_domain_size,
+            discretize,
+        )
+
         history = sorted(gaussian.items())
         prvs = [PoissonSubsampledGaussianPRV(q, z) for (q, z), _ in history]
         counts = [n for _, n in history]
@@ -430,10 +447,15 @@ class PRVAccountant(PrivacyAccountant):
         return min(candidates)
 
 
-_REGISTRY: dict[str, type[PrivacyAccountant]] = {
-    PRVAccountant.name: PRVAccountant,
-    RDPAccountant.name: RDPAccountant,
-}
+def _is_accountant(cls: object) -> str | None:
+    if isinstance(cls, type) and issubclass(cls, PrivacyAccountant):
+        return None
+    return f"`cls` must be a PrivacyAccountant subclass; got {cls!r}"
+
+
+ACCOUNTANTS: Registry[type[PrivacyAccountant]] = Registry("accountant", check=_is_accountant)
+ACCOUNTANTS.register(PRVAccountant.name, PRVAccountant)
+ACCOUNTANTS.register(RDPAccountant.name, RDPAccountant)
 
 
 def register_accountant(name: str, cls: type[PrivacyAccountant], *, force: bool = False) -> None:
@@ -445,29 +467,18 @@ def register_accountant(name: str, cls: type[PrivacyAccountant], *, force: bool 
         If ``name`` is taken and ``force`` is false (no silent override), or if
         ``cls`` is not a :class:`PrivacyAccountant` subclass.
     """
-    if not isinstance(name, str) or not name:
-        raise InvalidParameterError(f"`name` must be a non-empty string; got {name!r}")
-    if not (isinstance(cls, type) and issubclass(cls, PrivacyAccountant)):
-        raise InvalidParameterError(f"`cls` must be a PrivacyAccountant subclass; got {cls!r}")
-    if name in _REGISTRY and not force:
-        raise InvalidParameterError(
-            f"`name` {name!r} is already registered to {_REGISTRY[name].__name__}; "
-            f"pass force=True to replace it"
-        )
-    _REGISTRY[name] = cls
+    ACCOUNTANTS.register(name, cls, force=force)
 
 
 def available_accountants() -> tuple[str, ...]:
     """Registered accountant names, sorted."""
-    return tuple(sorted(_REGISTRY))
+    return tuple(ACCOUNTANTS.names())
 
 
 def make_accountant(name: str = "prv") -> PrivacyAccountant:
     """A fresh accountant registered under ``name`` (``"prv"`` or ``"rdp"`` built in)."""
-    try:
-        cls = _REGISTRY[name]
-    except (KeyError, TypeError):
+    if name not in ACCOUNTANTS:
         raise InvalidParameterError(
             f"`accountant` must be one of {list(available_accountants())}; got {name!r}"
-        ) from None
-    return cls()
+        )
+    return ACCOUNTANTS.get(name)()

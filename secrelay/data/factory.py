@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from protocols.errors import InvalidParameterError
+from protocols.registry import Registry
 from secrelay.data._io import PathLike
 from secrelay.data.dataset import CTRDataset
 from secrelay.data.libfm import load_libfm
@@ -46,13 +47,15 @@ def _needs_path(name: str, fn: Callable[..., CTRDataset]) -> DatasetLoader:
     return loader
 
 
-DATASET_LOADERS: dict[str, DatasetLoader] = {
-    "synthetic": _synthetic,
-    "movielens100k": _movielens100k,
-    "libfm": _needs_path("libfm", load_libfm),
-    "csv": _needs_path("csv", load_csv),
-    "parquet": _needs_path("parquet", load_parquet),
-}
+DATASET_LOADERS: Registry[DatasetLoader] = Registry("data set")
+for _name, _loader in (
+    ("synthetic", _synthetic),
+    ("movielens100k", _movielens100k),
+    ("libfm", _needs_path("libfm", load_libfm)),
+    ("csv", _needs_path("csv", load_csv)),
+    ("parquet", _needs_path("parquet", load_parquet)),
+):
+    DATASET_LOADERS.register(_name, _loader)
 
 
 def register_dataset(name: str, loader: DatasetLoader, *, force: bool = False) -> None:
@@ -62,11 +65,7 @@ def register_dataset(name: str, loader: DatasetLoader, *, force: bool = False) -
     """
     if not isinstance(name, str) or not name:
         raise InvalidParameterError(f"dataset `name` must be a non-empty string; got {name!r}")
-    if name in DATASET_LOADERS and not force:
-        raise InvalidParameterError(
-            f"data set {name!r} is already registered; pass force=True to replace it"
-        )
-    DATASET_LOADERS[name] = loader
+    DATASET_LOADERS.register(name, loader, force=force)
 
 
 def load_dataset(name: str, path: PathLike | None = None, **kw: Any) -> CTRDataset:
@@ -94,10 +93,8 @@ def load_dataset(name: str, path: PathLike | None = None, **kw: Any) -> CTRDatas
     ...
     protocols.errors.InvalidParameterError: unknown data set 'imagenet'; valid names: csv, libfm, movielens100k, parquet, synthetic
     """
-    try:
-        loader = DATASET_LOADERS[name]
-    except (KeyError, TypeError):
+    if name not in DATASET_LOADERS:
         raise InvalidParameterError(
-            f"unknown data set {name!r}; valid names: {', '.join(sorted(DATASET_LOADERS))}"
-        ) from None
-    return loader(path, **kw)
+            f"unknown data set {name!r}; valid names: {', '.join(DATASET_LOADERS.names())}"
+        )
+    return DATASET_LOADERS.get(name)(path, **kw)

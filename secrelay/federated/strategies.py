@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from protocols.errors import InvalidParameterError
+from protocols.registry import Registry
 from secrelay.federated.aggregation import SumResult
 from secrelay.federated.client import (
     ClientProgram,
@@ -529,17 +530,12 @@ class _NoContribution(ContributionRule):
         return {}
 
 
-STRATEGY_REGISTRY: dict[str, type[Strategy]] = {}
+STRATEGY_REGISTRY: Registry[type[Strategy]] = Registry("strategy")
 
 
 def register_strategy(cls: type[Strategy], *, force: bool = False) -> type[Strategy]:
     """Add a strategy class under its ``name``; refuses to replace one unless ``force``."""
-    if cls.name in STRATEGY_REGISTRY and not force:
-        raise InvalidParameterError(
-            f"a strategy named {cls.name!r} is already registered; pass force=True to replace it"
-        )
-    STRATEGY_REGISTRY[cls.name] = cls
-    return cls
+    return STRATEGY_REGISTRY.register(cls.name, cls, force=force)
 
 
 for _cls in (
@@ -556,11 +552,8 @@ for _cls in (
 
 def make_strategy(name: str, **params: Any) -> Strategy:
     """Build the registered strategy ``name`` with keyword ``params``."""
-    if name not in STRATEGY_REGISTRY:
-        raise InvalidParameterError(
-            f"unknown strategy {name!r}; choose one of {sorted(STRATEGY_REGISTRY)}"
-        )
+    cls = STRATEGY_REGISTRY.get(name)
     try:
-        return STRATEGY_REGISTRY[name](**params)
+        return cls(**params)
     except TypeError as e:
         raise InvalidParameterError(f"strategy {name!r}: {e}") from None

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from protocols.errors import InvalidParameterError
+from protocols.registry import Registry
 from secrelay.data.schema import FieldRole, Schema
 
 __all__ = [
@@ -121,7 +122,7 @@ class CTRModel(nn.Module, abc.ABC):
         return self.embedding.role_embeddings(x, "item").flatten(1)
 
 
-MODEL_REGISTRY: dict[str, Callable[..., CTRModel]] = {}
+MODEL_REGISTRY: Registry[Callable[..., CTRModel]] = Registry("model", lower_case=True)
 
 
 def register_model(
@@ -137,16 +138,7 @@ def register_model(
             f"model names must be non-empty lower-case strings "
             f"(make_model looks them up in lower case); got {name!r}"
         )
-
-    def deco(cls: Callable[..., CTRModel]) -> Callable[..., CTRModel]:
-        if name in MODEL_REGISTRY and not force:
-            raise InvalidParameterError(
-                f"a model named {name!r} is already registered; pass force=True to replace it"
-            )
-        MODEL_REGISTRY[name] = cls
-        return cls
-
-    return deco
+    return MODEL_REGISTRY.register(name, force=force)
 
 
 def make_model(name: str, schema: Schema, *, seed: int | None = None, **kwargs: Any) -> CTRModel:
@@ -166,15 +158,11 @@ def make_model(name: str, schema: Schema, *, seed: int | None = None, **kwargs: 
     **kwargs:
         Passed to the model's constructor (``embedding_dim``, ``hidden_units``, ...).
     """
-    key = name.lower() if isinstance(name, str) else name
-    if key not in MODEL_REGISTRY:
-        raise InvalidParameterError(
-            f"unknown model {name!r}; choose one of {sorted(MODEL_REGISTRY)}"
-        )
+    build = MODEL_REGISTRY.get(name)
     if seed is None:
-        return MODEL_REGISTRY[key](schema, **kwargs)
+        return build(schema, **kwargs)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise InvalidParameterError(f"`seed` must be a non-negative int or None; got {seed!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return MODEL_REGISTRY[key](schema, **kwargs)
+        return build(schema, **kwargs)

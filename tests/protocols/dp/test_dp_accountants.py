@@ -328,7 +328,7 @@ def test_registry_register_and_force():
     finally:
         from protocols.dp import accountants
 
-        accountants._REGISTRY.pop("pessimist-test")
+        accountants.ACCOUNTANTS.unregister("pessimist-test")
 
 
 def test_registry_validation():
