@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from secrelay.config import load_config
-from secrelay.experiment import model_spec_from, prepare_data
 from secrelay.federated.client import PlainTrainer
 from secrelay.federated.executor import ProcessPoolExecutor, SequentialExecutor
 from secrelay.federated.loop import FederatedLoop, RoundConfig
 from secrelay.federated.strategies import FedAvg
+from secrelay.methods import model_spec_from, prepare_data
 from secrelay.training import TrainConfig
 
 ML100K = Path(

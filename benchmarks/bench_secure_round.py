@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 
 from secrelay.config import load_config
-from secrelay.experiment import model_spec_from, prepare_data
 from secrelay.federated.aggregation import PlaintextSum
 from secrelay.federated.client import PlainTrainer
 from secrelay.federated.loop import FederatedLoop, RoundConfig
 from secrelay.federated.secure import SecureSum
 from secrelay.federated.strategies import FedAvg
 from secrelay.federated.transcript import Channel, Transcript
+from secrelay.methods import model_spec_from, prepare_data
 from secrelay.training import TrainConfig
 
 ML100K = Path(

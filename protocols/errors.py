@@ -8,6 +8,12 @@ not know about secrelay.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from protocols.dp.ledger import LedgerRecord
+
 __all__ = [
     "BudgetExceededError",
     "ConfigError",
@@ -53,12 +59,22 @@ class ProtocolAbort(SecrelayError, RuntimeError):
         The protocol stage at which the abort happened.
     reason:
         Human-readable reason.
+    privacy_records:
+        The DP releases (:class:`~protocols.dp.ledger.LedgerRecord`) that happened
+        before the abort, so a ledger can still charge them.
     """
 
-    def __init__(self, stage: str, reason: str) -> None:
+    def __init__(
+        self, stage: str, reason: str, *, privacy_records: tuple[LedgerRecord, ...] = ()
+    ) -> None:
         super().__init__(f"protocol aborted at stage {stage!r}: {reason}")
         self.stage = stage
         self.reason = reason
+        self.privacy_records: tuple[LedgerRecord, ...] = tuple(privacy_records)
+
+    def add_privacy_records(self, records: Iterable[LedgerRecord]) -> None:
+        """Append releases made before the abort (each layer adds its own)."""
+        self.privacy_records = (*self.privacy_records, *records)
 
 
 class BudgetExceededError(SecrelayError, RuntimeError):

@@ -12,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from protocols.errors import ConfigError, InvalidParameterError
+from protocols.errors import ConfigError
+from secrelay.options import parse_options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -344,7 +343,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        built: RunConfig = _build(cls, "", data)
+        built: RunConfig = parse_options(cls, data)
         return built
 
     def replace(self, **sections: Mapping[str, Any]) -> RunConfig:
@@ -355,67 +354,6 @@ class RunConfig:
                 raise ConfigError(f"unknown config section {name!r}; valid: {sorted(d)}")
             d[name] = {**d[name], **dict(values)}
         return RunConfig.from_dict(d)
-
-
-def _type_ok(value: Any, tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return True
-    if origin is Literal:
-        return value in typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(tp))
-    if origin in (dict, Mapping):
-        return isinstance(value, Mapping)
-    if origin in (list, tuple):
-        return isinstance(value, (list, tuple))
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(tp, type):
-        return isinstance(value, tp)
-    return True
-
-
-def _describe(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-def _build(cls: Any, prefix: str, data: Mapping[str, Any]) -> Any:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix or 'config'} must be a table; got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        where = f"section [{prefix}]" if prefix else "the config"
-        raise ConfigError(
-            f"unknown key(s) {', '.join(repr(u) for u in unknown)} in {where}; "
-            f"valid keys: {', '.join(sorted(known))}"
-        )
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        tp = hints[name]
-        dotted = f"{prefix}.{name}" if prefix else name
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, dotted, value)
-            continue
-        if not _type_ok(value, tp):
-            raise ConfigError(f"{dotted} must be {_describe(tp)}; got {value!r}")
-        if tp is float:
-            value = float(value)
-        if typing.get_origin(tp) is dict:
-            value = dict(value)
-        kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except InvalidParameterError as e:
-        raise ConfigError(f"[{prefix}] {e}") from None
 
 
 def load_config(path: str | Path | None = None, **overrides: Mapping[str, Any]) -> RunConfig:

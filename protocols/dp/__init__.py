@@ -20,7 +20,9 @@ Submodules
 :mod:`~protocols.dp.ldp`
     Local DP for a scalar in [0, 1].
 :mod:`~protocols.dp.local_training`
-    ``make_private_local_training`` over Opacus.
+    ``make_private_local_training`` over Opacus: the torch side. Not imported here
+    (``import protocols.dp`` loads neither torch nor Opacus); import its names from
+    :mod:`protocols.dp.local_training` explicitly.
 :mod:`~protocols.dp.rng`
     ``make_generator``, ``SecureGenerator``.
 """
@@ -74,18 +76,11 @@ from protocols.dp.ledger import (
     PrivacyLedger,
     PrivacyUnit,
 )
-from protocols.dp.local_training import (
-    GRAD_SAMPLE_MODES,
-    PrivateTraining,
-    make_private_local_training,
-    train_private_epochs,
-)
 from protocols.dp.mechanisms import clip_by_l2_norm, clip_update, gaussian_mechanism, l2_norm
 from protocols.dp.rng import RandomGenerator, SecureGenerator, make_generator
 
 __all__ = [
     "DEFAULT_RDP_ORDERS",
-    "GRAD_SAMPLE_MODES",
     "BudgetReport",
     "ComposedEvent",
     "DistributedDiscreteGaussianEvent",
@@ -104,7 +99,6 @@ __all__ = [
     "PrivacyBudget",
     "PrivacyLedger",
     "PrivacyUnit",
-    "PrivateTraining",
     "PureEpsilonEvent",
     "RDPAccountant",
     "RandomGenerator",
@@ -127,7 +121,6 @@ __all__ = [
     "l2_norm",
     "make_accountant",
     "make_generator",
-    "make_private_local_training",
     "quantize",
     "randomized_response",
     "randomized_response_estimate",
@@ -135,5 +128,4 @@ __all__ = [
     "rounded_l2_bound",
     "smallest_noise_within",
     "to_modular",
-    "train_private_epochs",
 ]

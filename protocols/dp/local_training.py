@@ -21,6 +21,11 @@ Gradient-sample modes (``grad_sample_mode``):
   passes. Training code must call the returned criterion, not its own.
 
 Privacy unit: one training example of this device.
+
+This is the torch side of :mod:`protocols.dp`: the only module of the package that
+imports torch and Opacus at import time. ``protocols/dp/__init__.py`` does not
+import it, so only torch-side code imports it, explicitly
+(``from protocols.dp.local_training import make_private_local_training``).
 """
 
 from __future__ import annotations

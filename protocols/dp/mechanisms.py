@@ -2,16 +2,20 @@
 
 Privacy unit: whoever contributes one clipped vector — an example inside DP-SGD
 (``max_grad_norm``) or a whole device/user update (``clipping_norm``).
+
+Accepts torch tensors without importing torch: a value can only be a
+``torch.Tensor`` if its caller has already imported torch, so tensors are recognised
+through ``sys.modules`` and handled with their own methods.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
 from numpy.typing import ArrayLike, NDArray
 
 from protocols.dp._validation import check_real
@@ -19,9 +23,19 @@ from protocols.dp.events import GaussianEvent
 from protocols.dp.rng import RandomGenerator
 from protocols.errors import InvalidParameterError
 
+if TYPE_CHECKING:
+    import torch
+    from typing_extensions import TypeIs
+
 __all__ = ["clip_by_l2_norm", "clip_update", "gaussian_mechanism", "l2_norm"]
 
-_T = TypeVar("_T", NDArray[np.float64], NDArray[np.float32], torch.Tensor)
+_T = TypeVar("_T", NDArray[np.float64], NDArray[np.float32], "torch.Tensor")
+
+
+def _is_tensor(v: object) -> TypeIs[torch.Tensor]:
+    """``isinstance(v, torch.Tensor)``, without importing torch when nobody has."""
+    torch_module = sys.modules.get("torch")
+    return torch_module is not None and isinstance(v, torch_module.Tensor)
 
 
 def l2_norm(values: Mapping[str, NDArray[np.floating] | torch.Tensor] | ArrayLike) -> float:
@@ -36,8 +50,8 @@ def l2_norm(values: Mapping[str, NDArray[np.floating] | torch.Tensor] | ArrayLik
 
 
 def _norm_of(v: object) -> float:
-    if isinstance(v, torch.Tensor):
-        return _robust_norm(v.detach().to(torch.float64).cpu().numpy())
+    if _is_tensor(v):
+        return _robust_norm(v.detach().double().cpu().numpy())
     return _robust_norm(np.asarray(v, dtype=np.float64))
 
 
@@ -88,11 +102,7 @@ def clip_update(update: Mapping[str, _T], *, clipping_norm: float) -> dict[str, 
     if not isinstance(update, Mapping) or not update:
         raise InvalidParameterError("`update` must be a non-empty mapping of arrays/tensors")
     for name, v in update.items():
-        finite = (
-            bool(torch.isfinite(v).all())
-            if isinstance(v, torch.Tensor)
-            else bool(np.all(np.isfinite(v)))
-        )
+        finite = bool(v.isfinite().all()) if _is_tensor(v) else bool(np.all(np.isfinite(v)))
         if not finite:
             raise InvalidParameterError(f"`update[{name!r}]` has NaN or inf entries")
     norm = l2_norm(update)
@@ -108,7 +118,7 @@ def clip_update(update: Mapping[str, _T], *, clipping_norm: float) -> dict[str, 
 
 
 def _scale(v: _T, factor: float) -> _T:
-    if isinstance(v, torch.Tensor):
+    if _is_tensor(v):
         return v.detach() * factor
     return np.asarray(v) * factor
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from protocols.dp.ledger import LedgerRecord
 from protocols.errors import InvalidParameterError
 from secrelay.federated.messages import SERVER, ContributionUpload
 from secrelay.federated.transcript import Channel
@@ -29,6 +30,8 @@ class SumResult:
 
     sums: dict[str, np.ndarray]
     survivors: tuple[int, ...]
+    # What the sum released under DP (a noising sum protocol fills it), for the ledger.
+    privacy_records: tuple[LedgerRecord, ...] = ()
 
 
 def check_contributions(

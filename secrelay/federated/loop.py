@@ -44,6 +44,7 @@ __all__ = [
     "RoundConfig",
     "RoundRecord",
     "evaluate_keyed",
+    "sample_devices",
 ]
 
 PRE_PROTOCOL_STAGES = ("download", "train")
@@ -53,10 +54,22 @@ class RoundAborted(ProtocolAbort):
     """Too few devices survived a round; the server state is unchanged."""
 
 
-def _attach_privacy_records(exc: BaseException, records: Sequence[LedgerRecord]) -> None:
-    """Attach the DP releases that happened before an abort to the exception
-    (``exc.privacy_records``), so the runner can still write them to the ledger."""
-    exc.privacy_records = tuple(records)  # type: ignore[attr-defined]
+def sample_devices(
+    device_ids: Sequence[int] | np.ndarray, config: RoundConfig, *, seed: int, round: int
+) -> list[int]:
+    """The devices sampled in ``round`` (sorted): Poisson at ``config.sample_rate`` or
+    ``config.clients_per_round`` without replacement.
+
+    It depends on the seed, the round and the device ids only (never on data), so the
+    sampling schedule is public and may be used before a run, e.g. to calibrate noise.
+    """
+    ids = np.asarray(sorted(int(d) for d in device_ids), dtype=np.int64)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), round, 0]))
+    if config.sampling == "poisson":
+        mask = rng.random(ids.size) < config.sample_rate
+        return [int(d) for d in ids[mask]]
+    n = min(config.clients_per_round, ids.size)
+    return sorted(int(d) for d in rng.choice(ids, size=n, replace=False))
 
 
 @dataclass(frozen=True)
@@ -259,12 +272,7 @@ class FederatedLoop:
 
     def sample(self, round: int) -> list[int]:
         """The devices sampled in ``round`` (sorted)."""
-        rng = self._rng(round, 0)
-        if self.config.sampling == "poisson":
-            mask = rng.random(self.device_ids.size) < self.config.sample_rate
-            return [int(d) for d in self.device_ids[mask]]
-        n = min(self.config.clients_per_round, self.device_ids.size)
-        return sorted(int(d) for d in rng.choice(self.device_ids, size=n, replace=False))
+        return sample_devices(self.device_ids, self.config, seed=self.seed, round=round)
 
     def dropout_plan(self, round: int, sampled: Sequence[int]) -> dict[int, str]:
         """Which sampled devices fail this round, and at which stage."""
@@ -366,9 +374,8 @@ class FederatedLoop:
             result = self.sum_protocol.aggregate(
                 round, contributions, self.channel, dropouts=protocol_drops
             )
-            # A sum protocol that noises the sums (user-level DP) returns a SumResult
-            # carrying the records of what it released.
-            privacy_records.extend(getattr(result, "privacy_records", ()))
+            # A sum protocol that noises the sums (user-level DP) says what it released.
+            privacy_records.extend(result.privacy_records)
             survivors = result.survivors
             if len(survivors) < self.config.min_survivors:
                 raise RoundAborted(
@@ -379,7 +386,7 @@ class FederatedLoop:
             server_stats = self.strategy.aggregate(round, result)
         except ProtocolAbort as exc:
             if self.config.on_abort == "raise":
-                _attach_privacy_records(exc, privacy_records)
+                exc.add_privacy_records(privacy_records)
                 raise
             aborted = True
         do_eval = evaluate if evaluate is not None else (round % self.config.eval_every == 0)

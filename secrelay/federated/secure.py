@@ -179,7 +179,10 @@ class SecureSum(SumProtocol):
         channel: Channel,
         *,
         dropouts: Mapping[int, str] | None = None,
+        device_encoding: DeviceEncoding | None = None,
     ) -> SumResult:
+        """Sum ``contributions`` under SecAgg+; ``device_encoding`` overrides the
+        configured encoding for this round (a DP wrapper's noisy integer shares)."""
         dropouts = self.check_dropouts(dropouts)
         shapes = check_contributions(contributions)
         names = sorted(shapes)
@@ -188,8 +191,9 @@ class SecureSum(SumProtocol):
             raise InvalidParameterError(
                 f"secure aggregation needs at least 2 devices in a round; got {len(devices)}"
             )
-        if self.device_encoding is not None:
-            return self._aggregate_encoded(round, contributions, channel, dropouts, shapes)
+        enc = device_encoding or self.device_encoding
+        if enc is not None:
+            return self._aggregate_encoded(round, contributions, channel, dropouts, shapes, enc)
         # Device side: scale each name into [-1, 1] (clipping at the public bound).
         vectors = []
         for dev in devices:
@@ -266,9 +270,8 @@ class SecureSum(SumProtocol):
         channel: Channel,
         dropouts: Mapping[int, str],
         shapes: Mapping[str, tuple[int, ...]],
+        enc: DeviceEncoding,
     ) -> SumResult:
-        enc = self.device_encoding
-        assert enc is not None
         devices = sorted(contributions)
         n = len(devices)
         bits = int(enc.precision_bits(round=round, num_devices=n, shapes=shapes))

@@ -4,7 +4,7 @@
 :class:`~secrelay.federated.client.PlainTrainer` wherever a
 :class:`~secrelay.federated.client.LocalTrainer` is used (FedAvg / FedProx local
 steps, personalised fine-tuning). Each round it makes the device's model private
-with :func:`protocols.dp.make_private_local_training` (Abadi et al., CCS 2016:
+with :func:`protocols.dp.local_training.make_private_local_training` (Abadi et al., CCS 2016:
 Poisson sampling at rate q = 1 / ⌈n / batch_size⌉, per-example clipping to
 ``max_grad_norm``, Gaussian noise of standard deviation ``noise_multiplier ·
 max_grad_norm`` on the summed gradient) and returns, through
@@ -56,13 +56,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from protocols.dp import (
-    GRAD_SAMPLE_MODES,
     GaussianEvent,
     LedgerRecord,
     PoissonSampledEvent,
     SelfComposedEvent,
     calibrate_noise_multiplier,
     make_accountant,
+)
+from protocols.dp.local_training import (
+    GRAD_SAMPLE_MODES,
     make_private_local_training,
     train_private_epochs,
 )

@@ -42,7 +42,7 @@ from protocols.dp import (
     make_accountant,
 )
 from protocols.errors import BudgetExceededError, DataFormatError
-from secrelay.config import RunConfig
+from secrelay.config import PrivacyConfig
 
 __all__ = ["LEDGER_FILE", "PrivacySession"]
 
@@ -97,8 +97,8 @@ class PrivacySession:
     ----------
     run_dir:
         The run directory; the ledger is ``run_dir / "privacy_ledger.jsonl"``.
-    config:
-        The run's configuration (δ, accountant, budgets, noise mode).
+    privacy:
+        The run's ``[privacy]`` section (δ, accountant, budgets, noise mode).
     log:
         Where to report resume decisions.
     """
@@ -106,14 +106,14 @@ class PrivacySession:
     def __init__(
         self,
         run_dir: str | os.PathLike[str],
-        config: RunConfig,
+        privacy: PrivacyConfig,
         *,
         log: Callable[[str], None] = print,
     ) -> None:
         self.path = Path(run_dir) / LEDGER_FILE
-        self.config = config
+        self.privacy = privacy
         self.log = log
-        p = config.privacy
+        p = privacy
         self.budget: PrivacyBudget | None = None
         if p.user_epsilon is not None or p.example_epsilon is not None:
             self.budget = PrivacyBudget(
@@ -209,7 +209,7 @@ class PrivacySession:
         extra = len(lines) - count
         if extra == 0:
             return
-        if self.config.privacy.secure_noise:
+        if self.privacy.secure_noise:
             self.log(
                 f"privacy ledger: keeping {extra} record(s) of the interrupted round; with "
                 "secure noise its replay is a new release and is counted again"

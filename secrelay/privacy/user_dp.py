@@ -554,7 +554,8 @@ class DistributedGaussianSum(UserLevelDPSum):
     Parameters
     ----------
     settings:
-        Secure-sum graph settings (neighbours, threshold, signing, dropout rate).
+        The :class:`SecureSum` to wrap, or the secure-sum graph settings (neighbours,
+        threshold, signing, dropout rate) of a new one.
     scale:
         Integer units per float unit; ``None``: :func:`auto_scale` (γ = 8).
     num_colluders:
@@ -571,7 +572,7 @@ class DistributedGaussianSum(UserLevelDPSum):
 
     def __init__(
         self,
-        settings: SecureSumSettings | None = None,
+        settings: SecureSum | SecureSumSettings | None = None,
         *,
         noise_multiplier: float,
         clipping_norm: float,
@@ -594,7 +595,13 @@ class DistributedGaussianSum(UserLevelDPSum):
             secure_noise=secure_noise,
             spec=spec,
         )
-        self.settings = settings or SecureSumSettings()
+        # The SecAgg+ sum this wraps: the one given, or one over ``settings``.
+        self.inner = (
+            settings
+            if isinstance(settings, SecureSum)
+            else SecureSum(settings or SecureSumSettings(), seed=seed)
+        )
+        self.settings = self.inner.settings
         self.scale = None if scale is None else _positive("scale", scale)
         if (
             isinstance(num_colluders, bool)
@@ -717,11 +724,14 @@ class DistributedGaussianSum(UserLevelDPSum):
         n = len(clipped)
         plan = self.plan(n, dimension)
         self.last_plan = plan
-        inner = SecureSum(
-            self.settings, seed=self.seed, device_encoding=_DDGEncoding(self, dimension)
+        result = self.inner.aggregate(
+            round,
+            clipped,
+            channel,
+            dropouts=dropouts,
+            device_encoding=_DDGEncoding(self, dimension),
         )
-        result = inner.aggregate(round, clipped, channel, dropouts=dropouts)
-        self.last_bytes_per_client = inner.last_bytes_per_client
+        self.last_bytes_per_client = self.inner.last_bytes_per_client
         survivors = tuple(result.survivors)
         m = len(survivors)
         if m - self.num_colluders < 1:

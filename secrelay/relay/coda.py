@@ -49,7 +49,6 @@ import numpy as np
 import torch
 
 from protocols.dp import (
-    GRAD_SAMPLE_MODES,
     GaussianEvent,
     LedgerRecord,
     PoissonSampledEvent,
@@ -57,16 +56,10 @@ from protocols.dp import (
     make_accountant,
     smallest_noise_within,
 )
+from protocols.dp.local_training import GRAD_SAMPLE_MODES
 from protocols.errors import ConfigError, InvalidParameterError
 from secrelay.config import RunConfig
 from secrelay.data.dataset import CTRDataset
-from secrelay.experiment import (
-    Method,
-    RunContext,
-    make_train_config,
-    register_method,
-    train_cloud_model,
-)
 from secrelay.federated.client import (
     DeviceData,
     flat_parameters,
@@ -74,6 +67,7 @@ from secrelay.federated.client import (
     single_thread,
 )
 from secrelay.federated.messages import SERVER, QueryMessage, ReplyMessage
+from secrelay.methods import Method, RunContext, make_train_config, train_cloud_model
 from secrelay.metrics import Metrics, evaluate_predictions
 from secrelay.relay.coda_cloud import (
     BATCH_TOPIC,
@@ -623,13 +617,16 @@ class CoDAMethod(Method):
     name = "coda"
     supports_privacy = True
 
+    @classmethod
+    def privacy_problems(cls, config: RunConfig) -> list[str]:
+        return [
+            *super().privacy_problems(config),
+            *privacy_problems(config, CoDAOptions.from_mapping(config.method.options)),
+        ]
+
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
-        # Validate options and [privacy] before the runner opens a ledger or trains M0.
         self.options = CoDAOptions.from_mapping(ctx.config.method.options)
-        problems = privacy_problems(ctx.config, self.options)
-        if problems:
-            raise ConfigError("; ".join(problems))
         self._records: tuple[LedgerRecord, ...] = ()
         self._dp_cache: dict[int, tuple[DPSGDSettings, tuple[DPUse, ...]]] = {}
 
@@ -898,6 +895,3 @@ class CoDAMethod(Method):
         self.cloud_vec = np.asarray(state["cloud"])
         self.results = dict(state["results"])
         self.extra = dict(state["extra"])
-
-
-register_method(CoDAMethod)

@@ -22,7 +22,7 @@ Extreme Model Personalization in Recommender Systems", arXiv:2201.10382 (2022).
   held-out local samples improves (ties broken by validation logloss).
 - :func:`private_train` and :func:`filter_matched_private` — the same training
   steps with example-level DP-SGD (Opacus, through
-  :func:`protocols.dp.make_private_local_training`) over a mix of private local
+  :func:`protocols.dp.local_training.make_private_local_training`) over a mix of private local
   rows and public matched rows, with a number of steps per epoch fixed in advance
   from public sizes, so that the ledger record never depends on how many matched
   rows the device received or kept (``docs/coda.md``, *Differential privacy*).
@@ -42,9 +42,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from protocols.dp import (
+from protocols.dp import LedgerRecord
+from protocols.dp.local_training import (
     GRAD_SAMPLE_MODES,
-    LedgerRecord,
     make_private_local_training,
     train_private_epochs,
 )

@@ -73,10 +73,10 @@ from protocols.dp import (
     randomized_response,
     randomized_response_estimate,
 )
-from protocols.errors import ConfigError, InvalidParameterError, MessageError, ProtocolAbort
+from protocols.errors import InvalidParameterError, MessageError, ProtocolAbort
 from secrelay.checkpoint import atomic_write_text
+from secrelay.config import RunConfig
 from secrelay.data.dataset import CTRDataset
-from secrelay.experiment import Method, make_train_config, register_method, train_cloud_model
 from secrelay.federated.client import (
     ClientProgram,
     DeviceData,
@@ -89,8 +89,9 @@ from secrelay.federated.client import (
 from secrelay.federated.loop import FederatedLoop, RoundConfig
 from secrelay.federated.messages import SERVER, QueryMessage, ReplyMessage
 from secrelay.federated.strategies import StandaloneStrategy
+from secrelay.methods import Method, make_train_config, train_cloud_model
 from secrelay.metrics import Metrics, auc, evaluate_predictions, gauc
-from secrelay.privacy.dpsgd import DPSGDTrainer, dpsgd_trainer_from
+from secrelay.privacy.dpsgd import DPSGDTrainer
 from secrelay.relay.relayrec_options import _from_mapping
 from secrelay.training import TrainConfig, predict, train_epochs
 
@@ -871,14 +872,17 @@ class LCFTMethod(Method):
 
     name = "lcft"
     supports_privacy = True  # privacy.query_ldp and dp_sgd; user_level_dp is refused
+    makes_queries = True
+
+    @classmethod
+    def privacy_problems(cls, config: RunConfig) -> list[str]:
+        options = LCFTOptions.from_mapping(config.method.options)
+        return [*super().privacy_problems(config), *_privacy_problems(options, config.privacy)]
 
     def __init__(self, ctx: Any) -> None:
         super().__init__(ctx)
         self.options = LCFTOptions.from_mapping(ctx.config.method.options)
         privacy = ctx.config.privacy
-        problems = _privacy_problems(self.options, privacy)
-        if problems:
-            raise ConfigError("; ".join(problems))
         self.query: CTRQuery | None = None
         if self.options.correction_path == "query":
             self.query = CTRQuery.plan(
@@ -948,7 +952,7 @@ class LCFTMethod(Method):
         strategy.initialize({"global": self.cloud_vec})
         train = make_train_config(self.ctx.config.local)
         self.dp_trainer = (
-            dpsgd_trainer_from(self.ctx.config, train, participations=len(self.options.corrections))
+            self.ctx.privacy.dpsgd_trainer(train, participations=len(self.options.corrections))
             if self.ctx.config.privacy.dp_sgd
             else None
         )
@@ -1057,8 +1061,7 @@ class LCFTMethod(Method):
         try:
             record = self.loop.run_round(round, evaluate=True)
         except ProtocolAbort as exc:  # the queries were released all the same
-            prior = tuple(getattr(exc, "privacy_records", ()))
-            exc.privacy_records = prior + self._privacy_records  # type: ignore[attr-defined]
+            exc.add_privacy_records(self._privacy_records)
             raise
         self._privacy_records += tuple(record.privacy_records)
         rec = record.as_dict()
@@ -1121,6 +1124,3 @@ class LCFTMethod(Method):
     def close(self) -> None:
         if hasattr(self, "loop"):
             self.loop.close()
-
-
-register_method(LCFTMethod)

@@ -50,13 +50,8 @@ import numpy as np
 import torch
 
 from protocols.errors import ConfigError, InvalidParameterError
+from secrelay.config import RunConfig
 from secrelay.data.dataset import CTRDataset
-from secrelay.experiment import (
-    FederatedMethod,
-    make_train_config,
-    register_method,
-    train_cloud_model,
-)
 from secrelay.federated.client import (
     ClientProgram,
     ContributionRule,
@@ -74,6 +69,7 @@ from secrelay.federated.client import (
 )
 from secrelay.federated.release import ReleaseSpec
 from secrelay.federated.strategies import Strategy
+from secrelay.methods import FederatedMethod, make_train_config, train_cloud_model
 from secrelay.training import soft_bce_with_logits
 
 __all__ = [
@@ -940,8 +936,10 @@ class MetaUAMethod(FederatedMethod):
             self.ctx.model_spec, MetaUAOptions.from_mapping(self.ctx.config.method.options)
         )
 
-    def _build_loop(self) -> None:
-        p, o = self.ctx.config.privacy, MetaUAOptions.from_mapping(self.ctx.config.method.options)
+    @classmethod
+    def strategy_problems(cls, config: RunConfig) -> list[str]:
+        """MetaUA's own strategy replaces ``[strategy]``; its privacy requirements."""
+        p, o = config.privacy, MetaUAOptions.from_mapping(config.method.options)
         problems = []
         if p.dp_sgd and not p.user_level_dp:
             problems.append(
@@ -959,9 +957,7 @@ class MetaUAMethod(FederatedMethod):
                 "privacy.user_level_dp with MetaUA needs method.options.weighting = 'uniform' "
                 f"(sample-count base weights are device data); got {o.weighting!r}"
             )
-        if problems:
-            raise ConfigError("; ".join(problems))
-        super()._build_loop()
+        return problems
 
     def setup(self) -> None:
         cfg = self.ctx.config
@@ -974,14 +970,11 @@ class MetaUAMethod(FederatedMethod):
         )
         strategy.initialize({GLOBAL_KEY: cloud_vec})
         self.strategy = strategy
-        self._build_loop()
+        self._build()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         strategy = self._make()
         strategy.initialize(state["loop"]["strategy"]["models"])
         self.strategy = strategy
-        self._build_loop()
+        self._build()
         self.loop.load_state_dict(state["loop"])
-
-
-register_method(MetaUAMethod)

@@ -43,13 +43,6 @@ import numpy as np
 from protocols.errors import InvalidParameterError
 from secrelay.checkpoint import atomic_write_text
 from secrelay.data.dataset import CTRDataset
-from secrelay.experiment import (
-    LoopPrivacy,
-    Method,
-    make_sum_protocol,
-    make_train_config,
-    register_method,
-)
 from secrelay.federated.client import (
     DeviceData,
     ModelSpec,
@@ -59,7 +52,7 @@ from secrelay.federated.client import (
     load_flat_parameters,
     single_thread,
 )
-from secrelay.federated.loop import DeviceStore, FederatedLoop, RoundConfig, evaluate_keyed
+from secrelay.federated.loop import DeviceStore, evaluate_keyed
 from secrelay.federated.messages import SERVER, ModelDownload, QueryMessage, ReplyMessage
 from secrelay.federated.strategies import (
     ClusteredStrategy,
@@ -69,6 +62,7 @@ from secrelay.federated.strategies import (
     Strategy,
 )
 from secrelay.federated.transcript import Channel
+from secrelay.methods import LoopMethod, make_train_config
 from secrelay.metrics import Metrics, logloss
 from secrelay.models.base import CTRModel, make_model
 from secrelay.relay.relayrec_cloud import (
@@ -292,7 +286,7 @@ def select_device_key(
     return keys[int(np.argmax(scores))]
 
 
-class RelayRecMethod(LoopPrivacy, Method):
+class RelayRecMethod(LoopMethod):
     """RelayRec and its ablations, driven round by round by the runner.
 
     Privacy (``[privacy]``): ``dp_sgd`` trains every device with DP-SGD;
@@ -393,36 +387,20 @@ class RelayRecMethod(LoopPrivacy, Method):
         )
 
     def _build_loop(self, store: DeviceStore) -> None:
-        cfg = self.ctx.config
-        fed = cfg.federated
+        fed = self.ctx.config.federated
         personal = self.strategy.personalized
-        rc = RoundConfig(
+        rc = self.round_config(
             clients_per_round=len(self.ctx.data.devices) if personal else fed.clients_per_round,
             sampling="fixed" if personal else fed.sampling,
-            sample_rate=fed.sample_rate,
-            dropout_rate=fed.dropout_rate,
-            min_survivors=fed.min_survivors,
-            on_abort=fed.on_abort,
-            eval_every=fed.eval_every,
         )
         program = self.strategy.client_program(
             self.ctx.model_spec,
-            PlainTrainer(make_train_config(cfg.local)),
+            PlainTrainer(make_train_config(self.ctx.config.local)),
             selector=PrivateKey("model_key"),
         )
-        self.loop = FederatedLoop(
-            self.strategy,
-            program,
-            self.ctx.data.devices,
-            self.ctx.model_spec,
-            config=rc,
-            seed=self.ctx.seed,
-            channel=self.ctx.channel,
-            executor=self.ctx.executor,
-            device_store=store,
-            sum_protocol=make_sum_protocol(cfg),
+        self.loop = self.build_loop(
+            self.strategy, program, config=rc, rounds=self.num_rounds(), device_store=store
         )
-        self._privatize(self.num_rounds())
 
     # --- rounds -------------------------------------------------------------------
     def num_rounds(self) -> int:
@@ -430,9 +408,7 @@ class RelayRecMethod(LoopPrivacy, Method):
 
     def run_round(self, round: int) -> dict[str, Any]:
         last = round == self.num_rounds()
-        record = self.loop.run_round(round, evaluate=True if last else None)
-        self._keep_records(record)
-        rec = record.as_dict()
+        rec = self.run_loop_round(round, evaluate=True if last else None).as_dict()
         if round == 1:
             rec["selector_train_accuracy"] = self.cloud_stats.get("selector_train_accuracy")
             for k, v in self.cloud_stats.get("device_choices", {}).items():
@@ -463,10 +439,3 @@ class RelayRecMethod(LoopPrivacy, Method):
         self.strategy.initialize(state["loop"]["strategy"]["models"])
         self._build_loop(DeviceStore())
         self.loop.load_state_dict(state["loop"])
-
-    def close(self) -> None:
-        if hasattr(self, "loop"):
-            self.loop.close()
-
-
-register_method(RelayRecMethod)

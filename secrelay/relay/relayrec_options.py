@@ -19,13 +19,12 @@ option              values (default first)
 
 from __future__ import annotations
 
-import dataclasses
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from protocols.errors import ConfigError
+from secrelay.options import parse_options
 
 __all__ = ["RelayRecOptions"]
 
@@ -147,64 +146,8 @@ def _check_relayrec(o: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _type_ok(value: Any, tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return value in typing.get_args(tp)
-    if origin is dict:
-        return isinstance(value, Mapping)
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    if origin in (list, tuple):
-        return isinstance(value, (list, tuple))
-    return True
-
-
-def _describe(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if typing.get_origin(tp) is not None:
-        return str(typing.get_origin(tp).__name__)
-    return str(getattr(tp, "__name__", tp))
-
-
 def _from_mapping(
     cls: Any, options: Mapping[str, Any], extra: typing.Callable[[Mapping[str, Any]], list[str]]
 ) -> Any:
-    """Shared validation of a method-options dataclass (also used by LCFT)."""
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    problems = []
-    unknown = sorted(set(options) - known)
-    if unknown:
-        problems.append(
-            "unknown key(s) "
-            + ", ".join(f"method.options.{u}" for u in unknown)
-            + f"; valid keys: {', '.join(sorted(known))}"
-        )
-    kwargs: dict[str, Any] = {}
-    for name, value in options.items():
-        if name not in known:
-            continue
-        tp = hints[name]
-        if not _type_ok(value, tp):
-            problems.append(f"method.options.{name} must be {_describe(tp)}; got {value!r}")
-            continue
-        if tp is float:
-            value = float(value)
-        elif typing.get_origin(tp) is dict:
-            value = dict(value)
-        elif typing.get_origin(tp) in (list, tuple):
-            value = tuple(value)
-        kwargs[name] = value
-    if not problems:
-        problems.extend(extra(kwargs))
-    if problems:
-        raise ConfigError("; ".join(problems))
-    return cls(**kwargs)
+    """A method-options dataclass from ``method.options`` (also used by LCFT)."""
+    return parse_options(cls, options, "method.options", checks=extra)

@@ -211,11 +211,11 @@ def test_audit_of_a_run_without_dp_says_so(tmp_path: Path) -> None:
     ids=lambda p: p.name,
 )
 def test_dp_example_configs_are_consistent(path: Path) -> None:
-    from secrelay.privacy.federated import privacy_problems
+    from secrelay.experiment import check_config
 
     cfg = load_config(path)
     assert cfg.privacy.differential_privacy or "uinf_einf" in path.name
-    assert privacy_problems(cfg) == []
+    check_config(cfg)  # raises ConfigError listing every problem
     assert cfg.federated.sampling == "poisson"
 
 

@@ -25,8 +25,9 @@ from protocols.errors import BudgetExceededError, ConfigError, InvalidParameterE
 from secrelay.config import RunConfig
 from secrelay.data import Field, Schema
 from secrelay.data.dataset import CTRDataset
-from secrelay.experiment import prepare_data, run
+from secrelay.experiment import run
 from secrelay.federated.client import flat_parameters
+from secrelay.methods import prepare_data
 from secrelay.models.base import make_model
 from secrelay.relay import coda_device
 from secrelay.relay.coda import (

@@ -227,7 +227,7 @@ def test_ldp_run_records_every_device_and_hides_w_i(tmp_path: Path, mechanism: s
         spent = ledger.epsilon(delta=DELTA, device=device, unit="user", accountant="prv")
         assert 0.99 * eps <= spent <= eps
     # The transcript: one query per device, none carrying the raw local CTR.
-    from secrelay.experiment import prepare_data
+    from secrelay.methods import prepare_data
 
     data = prepare_data(cfg)
     queries = [m for m in result_transcript(tmp_path / "run") if m["type"] == "QueryMessage"]

@@ -14,11 +14,13 @@ from protocols.errors import ConfigError
 from secrelay.checkpoint import load_checkpoint
 from secrelay.config import RunConfig, load_config
 from secrelay.data import Field, Schema
-from secrelay.experiment import RunContext, model_spec_from, prepare_data, resume, run
+from secrelay.experiment import resume, run
 from secrelay.federated.executor import SequentialExecutor
 from secrelay.federated.messages import ContributionUpload, QueryMessage, ReplyMessage
 from secrelay.federated.transcript import Channel, Transcript
+from secrelay.methods import RunContext, model_spec_from, prepare_data
 from secrelay.models.base import make_model
+from secrelay.privacy.plan import PrivacyPlan
 from secrelay.relay.relayrec import (
     ITEM_SPACE_TOPIC,
     SELECT_TOPIC,
@@ -205,6 +207,7 @@ def _method(config: RunConfig, tmp_path: Path) -> tuple[RelayRecMethod, Channel,
         channel=channel,
         executor=SequentialExecutor(),
         run_dir=tmp_path,
+        privacy=PrivacyPlan.from_config(config),
         log=lambda s: None,
     )
     method = RelayRecMethod(ctx)

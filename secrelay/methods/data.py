@@ -1,0 +1,62 @@
+"""A run's data after the regulation split and the per-device train/test split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from secrelay.config import RunConfig
+from secrelay.data import device_train_test_split, load_dataset, regulation_split
+from secrelay.data.dataset import CTRDataset
+from secrelay.federated.client import DeviceData
+
+__all__ = ["PreparedData", "prepare_data"]
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedData:
+    """The data of a run after the regulation and device splits."""
+
+    full: CTRDataset
+    cloud: CTRDataset
+    devices: dict[int, DeviceData]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def device_test(self) -> CTRDataset:
+        return CTRDataset.concat([d.test for d in self.devices.values() if len(d.test)])
+
+    @property
+    def device_train(self) -> CTRDataset:
+        return CTRDataset.concat([d.train for d in self.devices.values() if len(d.train)])
+
+
+def prepare_data(config: RunConfig) -> PreparedData:
+    """Load the data set and apply the regulation and per-device splits."""
+    opts = dict(config.data.options)
+    if config.data.name == "synthetic":
+        opts.setdefault("seed", config.run.seed)
+    ds = load_dataset(config.data.name, config.data.path or None, **opts)
+    split = regulation_split(
+        ds, mode=config.split.mode, alpha=config.split.alpha, seed=config.run.seed
+    )
+    dsplit = device_train_test_split(
+        split.device,
+        train_fraction=config.split.train_fraction,
+        min_rows=max(2, config.split.min_device_rows),
+        too_few="drop",
+    )
+    train_by_user = dsplit.train.split_by_user()
+    test_by_user = dsplit.test.split_by_user()
+    devices = {
+        u: DeviceData(u, tr, test_by_user.get(u, tr.subset(np.zeros(0, dtype=np.int64))))
+        for u, tr in sorted(train_by_user.items())
+    }
+    notes = (
+        f"cloud rows {len(split.cloud)} ({split.cloud.n_users} users); device rows "
+        f"{len(split.device)} on {len(devices)} devices; {len(dsplit.users_too_few)} devices "
+        f"({dsplit.rows_too_few} rows) dropped with fewer than "
+        f"{max(2, config.split.min_device_rows)} rows",
+    )
+    return PreparedData(ds, split.cloud, devices, notes)

@@ -1,0 +1,444 @@
+"""Privacy as a plan: checked before anything runs, composed when a loop is built.
+
+A :class:`PrivacyPlan` is made from a run's config (:meth:`PrivacyPlan.from_config`)
+and carries only what the privacy layers need: the ``[privacy]`` section, the
+federated sampling they amplify with, the run id and the seed of reproducible noise.
+
+- **Check first.** :meth:`PrivacyPlan.problems` returns every cross-section problem
+  of the plan; the runner adds the method's own
+  (:meth:`secrelay.methods.Method.privacy_problems`) and reports them all at once,
+  before any data is loaded or model trained — as Opacus' ``ModuleValidator`` does.
+- **Compose at build time.** :meth:`PrivacyPlan.build_loop` builds a
+  :class:`~secrelay.federated.loop.FederatedLoop` whose program already trains with
+  :class:`~secrelay.privacy.dpsgd.DPSGDTrainer` (``dp_sgd``) and clips its update
+  (:class:`~secrelay.privacy.user_dp.ClipUpdate`, ``user_level_dp``), and whose sum
+  protocol is wrapped in a user-level DP sum built from the strategy's
+  :class:`~secrelay.federated.release.ReleaseSpec` — the way Flower wraps a strategy
+  with DP. Nothing is patched after the loop exists; the strategy's aggregation code
+  is never touched (it is asked ``release_spec`` and told ``set_release_noise``).
+- **Dry run.** :meth:`PrivacyPlan.planned_records` is what a round *could* spend,
+  computed before it runs (DP-SGD records depend only on each sampled device's data
+  size and public hyper-parameters; the user-level record is the costliest the round
+  can complete with), so a budget can refuse the round before any device trains.
+
+User-level DP is allowed for any strategy whose ``release_spec`` covers its sums.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from protocols.dp import (
+    LedgerRecord,
+    calibrate_noise_multiplier,
+    make_accountant,
+    smallest_noise_within,
+)
+from protocols.errors import ConfigError, InvalidParameterError
+from secrelay.config import PrivacyConfig, RunConfig
+from secrelay.federated.aggregation import PlaintextSum, SumProtocol
+from secrelay.federated.client import (
+    ClientProgram,
+    DeviceData,
+    LocalTrainer,
+    ModelSpec,
+    PersonalizedProgram,
+    PlainTrainer,
+)
+from secrelay.federated.loop import FederatedLoop, RoundConfig, sample_devices
+from secrelay.federated.release import ReleaseSpec
+from secrelay.federated.secure import SecureSum, SecureSumSettings
+from secrelay.federated.strategies import Strategy
+from secrelay.privacy.dpsgd import DPSGDTrainer
+from secrelay.privacy.user_dp import (
+    CentralGaussianSum,
+    ClipUpdate,
+    DistributedGaussianSum,
+    UserLevelDPSum,
+)
+from secrelay.training import TrainConfig
+
+__all__ = ["PrivacyPlan", "max_participations"]
+
+
+def max_participations(
+    device_ids: Sequence[int], config: RoundConfig, *, seed: int, rounds: int
+) -> int:
+    """The most rounds any device is sampled in over rounds ``1..rounds``.
+
+    Sampling is data-independent (it depends on the seed and the device ids only),
+    so this number is public and may be used to calibrate per-device noise.
+    """
+    counts: Counter[int] = Counter()
+    for t in range(1, rounds + 1):
+        counts.update(sample_devices(device_ids, config, seed=seed, round=t))
+    return max(counts.values(), default=1) or 1
+
+
+def _trains_locally(program: object) -> bool:
+    """Whether ``program`` is a dataclass with a ``trainer`` and update ``transforms``
+    (:class:`LocalTrainingProgram`, MetaUA's program): what DP-SGD and clipping replace."""
+    return (
+        dataclasses.is_dataclass(program)
+        and isinstance(getattr(program, "trainer", None), LocalTrainer)
+        and isinstance(getattr(program, "transforms", None), tuple)
+    )
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    """What a run's privacy layers do, made from its config.
+
+    Parameters
+    ----------
+    privacy:
+        The ``[privacy]`` section.
+    run_id:
+        Names the run in ledger records.
+    seed:
+        Seed of reproducible noise when ``privacy.secure_noise`` is off (and of the
+        SecAgg+ simulation's keys).
+    sampling, sample_rate, clients_per_round, dropout_rate:
+        The federated sampling (``[federated]``) that noise calibration and
+        amplification rely on.
+    """
+
+    privacy: PrivacyConfig
+    run_id: str = "run"
+    seed: int = 0
+    sampling: Literal["fixed", "poisson"] = "fixed"
+    sample_rate: float = 0.1
+    clients_per_round: int = 25
+    dropout_rate: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> PrivacyPlan:
+        fed = config.federated
+        return cls(
+            privacy=config.privacy,
+            run_id=config.run.name,
+            seed=config.run.seed,
+            sampling=fed.sampling,
+            sample_rate=fed.sample_rate,
+            clients_per_round=fed.clients_per_round,
+            dropout_rate=fed.dropout_rate,
+        )
+
+    # --- the plan ---------------------------------------------------------------
+    @property
+    def differential_privacy(self) -> bool:
+        return self.privacy.differential_privacy
+
+    def problems(self) -> list[str]:
+        """Every problem of the plan itself (the method adds its own), each naming keys."""
+        p = self.privacy
+        problems: list[str] = []
+        if p.dp_sgd and p.secure_noise and importlib.util.find_spec("torchcsprng") is None:
+            problems.append(
+                "privacy.secure_noise with privacy.dp_sgd needs Opacus' secure mode, whose "
+                "CSPRNG backend `torchcsprng` is not installed"
+            )
+        return problems
+
+    def secure_settings(self) -> SecureSumSettings:
+        """The SecAgg+ graph settings of ``[privacy]``."""
+        p = self.privacy
+        return SecureSumSettings(
+            default_bound=p.secagg_default_bound,
+            precision_bits=p.secagg_precision_bits,
+            neighbours=p.secagg_neighbours or None,
+            sign_advertisements=p.secagg_sign_advertisements,
+            max_dropout_rate=max(0.1, self.dropout_rate),
+        )
+
+    def sum_protocol(self) -> SumProtocol:
+        """Plaintext sums, or SecAgg+ when ``privacy.secure_aggregation`` is on (no DP:
+        :meth:`build_loop` wraps it)."""
+        if not self.privacy.secure_aggregation:
+            return PlaintextSum()
+        return SecureSum(self.secure_settings(), seed=self.seed)
+
+    def dpsgd_trainer(self, train: TrainConfig, *, participations: int = 1) -> DPSGDTrainer:
+        """The example-level DP-SGD trainer ``[privacy]`` asks for, over the local
+        training ``train``; ``participations`` trainings per device share
+        ``privacy.local_target_epsilon`` (when calibrating)."""
+        p = self.privacy
+        return DPSGDTrainer(
+            config=train,
+            max_grad_norm=p.max_grad_norm,
+            target_delta=p.delta,
+            noise_multiplier=p.local_noise_multiplier,
+            target_epsilon=p.local_target_epsilon,
+            participations=participations,
+            grad_sample_mode=p.grad_sample_mode,
+            accountant=p.accountant,
+            run_id=self.run_id,
+            secure_mode=p.secure_noise,
+        )
+
+    # --- user-level noise ---------------------------------------------------------
+    def _distributed_sum(
+        self,
+        z: float,
+        spec: ReleaseSpec | None,
+        base: SecureSum | None = None,
+    ) -> DistributedGaussianSum:
+        p = self.privacy
+        return DistributedGaussianSum(
+            base if base is not None else self.secure_settings(),
+            noise_multiplier=z,
+            clipping_norm=float(p.clipping_norm or 1.0),
+            delta=p.delta,
+            scale=p.dp_scale,
+            num_colluders=p.num_colluders,
+            noise_shares=p.noise_shares,
+            run_id=self.run_id,
+            seed=self.seed,
+            secure_noise=p.secure_noise,
+            spec=spec,
+        )
+
+    def user_noise_multiplier(
+        self, *, population: int, dimension: int, rounds: int, spec: ReleaseSpec | None = None
+    ) -> float:
+        """The user-level noise multiplier z: ``privacy.noise_multiplier``, or the
+        smallest z found whose planned ``rounds`` rounds spend at most
+        ``privacy.target_epsilon``.
+
+        The planned rounds are accounted as the run will record them (see
+        :mod:`secrelay.privacy.user_dp`): central Poisson rounds with amplification at
+        ``sample_rate``; fixed-size rounds as full Gaussians; distributed rounds as
+        discrete-Gaussian events with the expected number of participants, all
+        surviving.
+        """
+        p = self.privacy
+        if p.noise_multiplier is not None:
+            return float(p.noise_multiplier)
+        assert p.target_epsilon is not None
+        target, delta = float(p.target_epsilon), float(p.delta)
+        if not p.secure_aggregation:
+            q = self.sample_rate if self.sampling == "poisson" else 1.0
+            return calibrate_noise_multiplier(
+                target_epsilon=target,
+                target_delta=delta,
+                sample_rate=q,
+                steps=rounds,
+                accountant=p.accountant,
+            )
+        expected = (
+            self.sample_rate * population
+            if self.sampling == "poisson"
+            else float(min(self.clients_per_round, population))
+        )
+        n = max(2, round(expected))
+
+        def eps(z: float) -> float:
+            event = self._distributed_sum(z, spec).plan(n, dimension).event(num_survivors=n)
+            acc = make_accountant(p.accountant).compose(event, count=rounds)
+            return acc.get_epsilon(delta=delta)
+
+        try:
+            return smallest_noise_within(eps, target_epsilon=target)
+        except InvalidParameterError as exc:
+            raise ConfigError(
+                f"privacy.target_epsilon = {target} is unreachable with distributed noise "
+                f"over {rounds} rounds: {exc}"
+            ) from None
+
+    # --- composition ----------------------------------------------------------------
+    def private_program(self, program: ClientProgram, *, participations: int) -> ClientProgram:
+        """``program`` with DP-SGD as its trainer and/or update clipping appended."""
+        p = self.privacy
+        if not (p.dp_sgd or p.user_level_dp):
+            return program
+        inner = program.inner if isinstance(program, PersonalizedProgram) else program
+        trainer = inner.trainer  # type: ignore[attr-defined]
+        if p.dp_sgd:
+            trainer = self.dpsgd_trainer(trainer.config, participations=participations)
+        transforms = inner.transforms  # type: ignore[attr-defined]
+        if p.user_level_dp:
+            assert p.clipping_norm is not None
+            transforms = (*transforms, ClipUpdate(float(p.clipping_norm)))
+        private = dataclasses.replace(inner, trainer=trainer, transforms=transforms)  # type: ignore[type-var]
+        if isinstance(program, PersonalizedProgram):
+            return dataclasses.replace(program, inner=private)  # type: ignore[arg-type]
+        return private
+
+    def private_sum(
+        self,
+        base: SumProtocol,
+        strategy: Strategy,
+        *,
+        spec: ReleaseSpec,
+        population: Sequence[int],
+        rounds: int,
+    ) -> UserLevelDPSum:
+        """``base`` wrapped in the user-level DP sum of ``spec``; tells ``strategy``
+        the noise of each released name."""
+        p = self.privacy
+        assert p.clipping_norm is not None
+        dimension = spec.dimension or int(next(iter(strategy.models.values())).size)
+        z = self.user_noise_multiplier(
+            population=len(population), dimension=dimension, rounds=rounds, spec=spec
+        )
+        wrapper: UserLevelDPSum
+        if isinstance(base, SecureSum):
+            wrapper = self._distributed_sum(z, spec, base)
+        elif isinstance(base, PlaintextSum):
+            wrapper = CentralGaussianSum(
+                base,
+                noise_multiplier=z,
+                clipping_norm=float(p.clipping_norm),
+                delta=p.delta,
+                sampling=self.sampling,
+                sample_rate=self.sample_rate,
+                population=[int(d) for d in population],
+                run_id=self.run_id,
+                seed=self.seed,
+                secure_noise=p.secure_noise,
+                spec=spec,
+            )
+        else:
+            raise ConfigError(
+                f"privacy.user_level_dp wraps PlaintextSum or SecureSum; got {type(base).__name__}"
+            )
+        strategy.set_release_noise(wrapper.noise_std())
+        return wrapper
+
+    def loop_problems(self, strategy: Strategy, program: ClientProgram) -> list[str]:
+        """What stops this plan from applying to a loop of ``strategy`` and ``program``."""
+        p = self.privacy
+        problems: list[str] = []
+        if not (p.dp_sgd or p.user_level_dp):
+            return problems
+        inner = program.inner if isinstance(program, PersonalizedProgram) else program
+        if not _trains_locally(inner):
+            problems.append(
+                "privacy.dp_sgd / privacy.user_level_dp need a device program with a local "
+                f"trainer and update transforms (LocalTrainingProgram); got {type(inner).__name__}"
+            )
+        elif p.dp_sgd and not isinstance(inner.trainer, PlainTrainer):  # type: ignore[attr-defined]
+            problems.append(
+                "privacy.dp_sgd replaces the plain local trainer; this method trains with "
+                f"{type(inner.trainer).__name__}"  # type: ignore[attr-defined]
+            )
+        if p.user_level_dp:
+            problems.extend(self.strategy_problems(strategy))
+        return problems
+
+    def strategy_problems(self, strategy: Strategy) -> list[str]:
+        """Why ``strategy`` (initialised) has no user-level DP release, if it has none."""
+        if not self.privacy.user_level_dp:
+            return []
+        if strategy.personalized:
+            return [
+                f"privacy.user_level_dp protects released aggregates; strategy "
+                f"{strategy.name!r} releases none"
+            ]
+        weighting = getattr(strategy, "weighting", "uniform")
+        if weighting != "uniform":
+            return [
+                "privacy.user_level_dp needs uniform weighting (weight 1 per device; with "
+                "method.name = 'federated' set strategy.params.weighting = 'uniform'); "
+                f"strategy {strategy.name!r} uses {weighting!r}"
+            ]
+        assert self.privacy.clipping_norm is not None
+        if strategy.release_spec(float(self.privacy.clipping_norm)) is None:
+            return [
+                f"privacy.user_level_dp: strategy {strategy.name!r} has no user-level DP "
+                "release (its release_spec() does not cover its sums)"
+            ]
+        return []
+
+    def build_loop(
+        self,
+        strategy: Strategy,
+        program: ClientProgram,
+        devices: Mapping[int, DeviceData],
+        model_spec: ModelSpec,
+        *,
+        config: RoundConfig,
+        seed: int,
+        rounds: int,
+        sum_protocol: SumProtocol | None = None,
+        **loop_kwargs: Any,
+    ) -> FederatedLoop:
+        """A :class:`FederatedLoop` with this plan's mechanisms composed in.
+
+        ``program`` trains with a :class:`PlainTrainer`; ``strategy`` is initialised;
+        ``sum_protocol`` defaults to :meth:`sum_protocol`; ``rounds`` is the planned
+        number of rounds (noise calibration). Other keywords go to the loop.
+
+        Raises
+        ------
+        ConfigError
+            Every reason the loop's parts cannot be made private as planned.
+        """
+        p = self.privacy
+        base = sum_protocol if sum_protocol is not None else self.sum_protocol()
+        problems = self.loop_problems(strategy, program)
+        if problems:
+            raise ConfigError("; ".join(dict.fromkeys(problems)))
+        participations = 1
+        if p.dp_sgd and p.local_target_epsilon is not None:
+            participations = p.local_participations or max_participations(
+                list(devices), config, seed=seed, rounds=rounds
+            )
+        program = self.private_program(program, participations=participations)
+        if p.user_level_dp:
+            assert p.clipping_norm is not None
+            spec = strategy.release_spec(float(p.clipping_norm))
+            assert spec is not None
+            base = self.private_sum(
+                base, strategy, spec=spec, population=sorted(devices), rounds=rounds
+            )
+        return FederatedLoop(
+            strategy,
+            program,
+            devices,
+            model_spec,
+            config=config,
+            seed=seed,
+            sum_protocol=base,
+            **loop_kwargs,
+        )
+
+    # --- dry run ----------------------------------------------------------------
+    @staticmethod
+    def planned_records(loop: FederatedLoop, round: int) -> tuple[LedgerRecord, ...]:
+        """The ledger records round ``round`` of ``loop`` could spend, before it runs.
+
+        Every sampled device's DP-SGD record (a device that drops out spends less), and
+        the costliest user-level record the round can complete with.
+        """
+        sampled = loop.sample(round)
+        out: list[LedgerRecord] = []
+        program = loop.program
+        inner = program.inner if isinstance(program, PersonalizedProgram) else program
+        trainer = getattr(inner, "trainer", None)
+        if isinstance(trainer, DPSGDTrainer):
+            for dev in sampled:
+                if loop.devices[dev].num_train:
+                    out.append(trainer.planned_record(loop.devices[dev], round=round))
+        proto = loop.sum_protocol
+        if isinstance(proto, UserLevelDPSum) and not loop.strategy.personalized:
+            dimension = proto.dimension or int(next(iter(loop.strategy.models.values())).size)
+            rec = proto.planned_record(
+                round,
+                sampled,
+                dimension=dimension,
+                min_survivors=loop.config.min_survivors,
+                dropouts=loop.config.dropout_rate > 0,
+            )
+            if rec is not None:
+                out.append(rec)
+        return tuple(out)
+
+
+# A callable a method uses to build its loop with the run's privacy composed in.
+LoopBuilder = Callable[..., FederatedLoop]
