@@ -1,8 +1,17 @@
 """secrelay: privacy-preserving relay learning of CTR models.
 
-The entry points are loaded lazily (``import secrelay`` stays light, no torch):
-``secrelay.run(config, run_dir)``, ``secrelay.resume(run_dir)`` and
-``secrelay.load_config(path)``; the privacy audit is ``secrelay.audit.audit(run_dir)``.
+The public API is loaded lazily (``import secrelay`` stays light, no torch until a
+name that needs it is used):
+
+- running: ``secrelay.simulate(method=..., strategy=..., privacy=..., data=...)``
+  (no TOML), ``secrelay.run(config, run_dir)``, ``secrelay.resume(run_dir)``,
+  ``secrelay.load_config(path)``; the privacy audit is
+  ``secrelay.audit.audit(run_dir)``;
+- extending (``docs/architecture.md``, ``examples/extending/``): the base classes
+  ``Method`` (with ``LoopMethod``, ``RunContext``), ``Strategy``, ``CTRModel`` and
+  ``PrivacyAccountant``, and their registries' ``register_method``,
+  ``register_strategy``, ``register_model``, ``register_dataset`` and
+  ``register_accountant``; ``PrivacyPlan`` and ``PrivacyConfig`` for privacy.
 """
 
 from typing import Any
@@ -23,7 +32,24 @@ __version__ = "0.1.0"
 _LAZY = {
     "run": "secrelay.experiment",
     "resume": "secrelay.experiment",
+    "RunResult": "secrelay.experiment",
+    "simulate": "secrelay.api",
     "load_config": "secrelay.config",
+    "RunConfig": "secrelay.config",
+    "PrivacyConfig": "secrelay.config",
+    "Method": "secrelay.methods",
+    "LoopMethod": "secrelay.methods",
+    "RunContext": "secrelay.methods",
+    "register_method": "secrelay.methods",
+    "Strategy": "secrelay.federated.strategies",
+    "register_strategy": "secrelay.federated.strategies",
+    "CTRModel": "secrelay.models",
+    "register_model": "secrelay.models",
+    "CTRDataset": "secrelay.data",
+    "register_dataset": "secrelay.data",
+    "PrivacyAccountant": "protocols.dp",
+    "register_accountant": "protocols.dp",
+    "PrivacyPlan": "secrelay.privacy.plan",
 }
 
 
@@ -37,15 +63,36 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BudgetExceededError",
+    "CTRDataset",
+    "CTRModel",
     "ConfigError",
     "DataFormatError",
     "InvalidParameterError",
+    "LoopMethod",
     "MessageError",
+    "Method",
+    "PrivacyAccountant",
+    "PrivacyConfig",
+    "PrivacyPlan",
     "ProtocolAbort",
+    "RunConfig",
+    "RunContext",
+    "RunResult",
     "SecrelayError",
+    "Strategy",
     "UnsupportedEventError",
     "__version__",
     "load_config",
+    "register_accountant",
+    "register_dataset",
+    "register_method",
+    "register_model",
+    "register_strategy",
     "resume",
     "run",
+    "simulate",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

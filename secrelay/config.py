@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from protocols.dp.accountants import ACCOUNTANTS
 from protocols.errors import ConfigError
 from secrelay.options import parse_options
 
@@ -197,7 +199,7 @@ class PrivacyConfig:
     dp_sgd: bool = False
     user_level_dp: bool = False
     delta: float = 1e-5
-    accountant: Literal["prv", "rdp"] = "prv"
+    accountant: str = "prv"
     user_epsilon: float | None = None
     example_epsilon: float | None = None
     noise_multiplier: float | None = None
@@ -221,9 +223,12 @@ class PrivacyConfig:
         return self.dp_sgd or self.user_level_dp or self.query_ldp != "off"
 
     def _dp_problems(self) -> list[str]:
-        import math
-
         problems: list[str] = []
+        if self.accountant not in ACCOUNTANTS:
+            problems.append(
+                f"privacy.accountant must be a registered accountant, one of "
+                f"{ACCOUNTANTS.names()}; got {self.accountant!r}"
+            )
 
         def positive(name: str, value: float | None, *, required: bool = False) -> None:
             if value is None:

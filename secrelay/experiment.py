@@ -37,6 +37,7 @@ import secrelay.relay  # noqa: F401  (registers the built-in methods in METHODS)
 from protocols.errors import ConfigError, ProtocolAbort
 from secrelay.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
 from secrelay.config import RunConfig
+from secrelay.data.dataset import CTRDataset
 from secrelay.federated.executor import make_executor
 from secrelay.federated.transcript import Channel, Transcript
 from secrelay.methods import (
@@ -58,9 +59,10 @@ __all__ = [
 ]
 
 
-def check_config(config: RunConfig) -> type[Method]:
-    """The method class of ``config``, after every privacy problem of the method and
-    the plan is checked; all are reported at once, before any data is loaded.
+def check_config(config: RunConfig, method: type[Method] | None = None) -> type[Method]:
+    """The method class of ``config`` (or ``method``, used as given), after every
+    privacy problem of the method and the plan is checked; all are reported at once,
+    before any data is loaded.
 
     Raises
     ------
@@ -68,11 +70,11 @@ def check_config(config: RunConfig) -> type[Method]:
         Naming the unknown method, or listing every problem.
     """
     name = config.method.name
-    if name not in METHODS:
+    if method is None and name not in METHODS:
         raise ConfigError(
             f"method.name {name!r} is not a known method; choose one of {METHODS.names()}"
         )
-    cls = METHODS.get(name)
+    cls = method if method is not None else METHODS.get(name)
     problems = [*cls.privacy_problems(config), *PrivacyPlan.from_config(config).problems()]
     if problems:
         raise ConfigError("; ".join(dict.fromkeys(problems)))
@@ -135,10 +137,12 @@ def _execute(
     progress: bool,
     log: Callable[[str], None],
     stop_after: int | None = None,
+    method_class: type[Method] | None = None,
+    dataset: CTRDataset | None = None,
 ) -> RunResult:
     t0 = time.perf_counter()
-    method_cls = check_config(config)
-    data = prepare_data(config)
+    method_cls = check_config(config, method_class)
+    data = prepare_data(config, dataset)
     for note in data.notes:
         log(note)
     schema = data.full.schema
@@ -245,12 +249,16 @@ def run(
     progress: bool = True,
     log: Callable[[str], None] = print,
     stop_after: int | None = None,
+    method: type[Method] | None = None,
+    dataset: CTRDataset | None = None,
 ) -> RunResult:
     """Run an experiment from scratch into ``run_dir``.
 
     Refuses a directory that already holds a checkpoint unless ``overwrite`` (use
     :func:`resume` to continue it). ``stop_after`` ends the run after that round
-    (as if killed), leaving a resumable checkpoint.
+    (as if killed), leaving a resumable checkpoint. ``method`` runs that
+    :class:`Method` class instead of the registered ``method.name``; ``dataset`` is
+    used instead of loading ``[data]`` (see :func:`secrelay.simulate`).
     """
     rd = Path(run_dir)
     if (rd / "checkpoint.pt").exists() and not overwrite:
@@ -270,7 +278,16 @@ def run(
     ):
         (rd / stale).unlink(missing_ok=True)
     atomic_write_text(rd / "config.json", config.to_json())
-    return _execute(config, rd, state=None, progress=progress, log=log, stop_after=stop_after)
+    return _execute(
+        config,
+        rd,
+        state=None,
+        progress=progress,
+        log=log,
+        stop_after=stop_after,
+        method_class=method,
+        dataset=dataset,
+    )
 
 
 def resume(
@@ -279,12 +296,24 @@ def resume(
     progress: bool = True,
     log: Callable[[str], None] = print,
     stop_after: int | None = None,
+    method: type[Method] | None = None,
+    dataset: CTRDataset | None = None,
 ) -> RunResult:
-    """Continue the run in ``run_dir`` from its last checkpoint."""
+    """Continue the run in ``run_dir`` from its last checkpoint (``method`` and
+    ``dataset`` as given to :func:`run`, for runs made with them)."""
     rd = Path(run_dir)
     cfg_path = rd / "config.json"
     if not cfg_path.is_file():
         raise ConfigError(f"{str(rd)!r} is not a run directory (no config.json)")
     config = RunConfig.from_dict(json.loads(cfg_path.read_text()))
     state = load_checkpoint(rd / "checkpoint.pt")
-    return _execute(config, rd, state=state, progress=progress, log=log, stop_after=stop_after)
+    return _execute(
+        config,
+        rd,
+        state=state,
+        progress=progress,
+        log=log,
+        stop_after=stop_after,
+        method_class=method,
+        dataset=dataset,
+    )

@@ -6,12 +6,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from protocols.errors import ConfigError
 from secrelay.config import RunConfig
 from secrelay.data import device_train_test_split, load_dataset, regulation_split
 from secrelay.data.dataset import CTRDataset
 from secrelay.federated.client import DeviceData
 
-__all__ = ["PreparedData", "prepare_data"]
+__all__ = ["IN_MEMORY", "PreparedData", "prepare_data"]
+
+# data.name of a run whose data set was given as an object, not loaded by name.
+IN_MEMORY = "in-memory"
 
 
 @dataclass(frozen=True, eq=False)
@@ -32,12 +36,21 @@ class PreparedData:
         return CTRDataset.concat([d.train for d in self.devices.values() if len(d.train)])
 
 
-def prepare_data(config: RunConfig) -> PreparedData:
-    """Load the data set and apply the regulation and per-device splits."""
-    opts = dict(config.data.options)
-    if config.data.name == "synthetic":
-        opts.setdefault("seed", config.run.seed)
-    ds = load_dataset(config.data.name, config.data.path or None, **opts)
+def prepare_data(config: RunConfig, dataset: CTRDataset | None = None) -> PreparedData:
+    """Load the data set (or take ``dataset``, already in memory) and apply the
+    regulation and per-device splits."""
+    if dataset is None and config.data.name == IN_MEMORY:
+        raise ConfigError(
+            "this run's data set was passed in memory (data.name = 'in-memory'); pass it "
+            "again: resume(run_dir, dataset=...)"
+        )
+    if dataset is None:
+        opts = dict(config.data.options)
+        if config.data.name == "synthetic":
+            opts.setdefault("seed", config.run.seed)
+        ds = load_dataset(config.data.name, config.data.path or None, **opts)
+    else:
+        ds = dataset
     split = regulation_split(
         ds, mode=config.split.mode, alpha=config.split.alpha, seed=config.run.seed
     )

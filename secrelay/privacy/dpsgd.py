@@ -69,13 +69,13 @@ from protocols.dp.local_training import (
     train_private_epochs,
 )
 from protocols.errors import InvalidParameterError
-from secrelay.config import RunConfig
 from secrelay.data.dataset import CTRDataset
 from secrelay.federated.client import DeviceData, DeviceTask, LocalTrainer, TrainOutcome
 from secrelay.models.base import CTRModel
+from secrelay.privacy.dp_embedding import SparseEmbeddingDPSGD, dense_parameters
 from secrelay.training import TrainConfig, make_optimizer
 
-__all__ = ["TRAINER_MODES", "DPSGDTrainer", "dpsgd_trainer_from"]
+__all__ = ["TRAINER_MODES", "DPSGDTrainer"]
 
 TRAINER_MODES = (*GRAD_SAMPLE_MODES, "sparse")
 """Opacus' grad-sample modes and ``"sparse"`` (:mod:`secrelay.privacy.dp_embedding`)."""
@@ -336,8 +336,6 @@ class DPSGDTrainer(LocalTrainer):
     ) -> TrainOutcome:
         """DP-SGD with :class:`SparseEmbeddingDPSGD` (``grad_sample_mode="sparse"``):
         the same sampling, clipping, noise and record as the Opacus path."""
-        from secrelay.privacy.dp_embedding import SparseEmbeddingDPSGD, dense_parameters
-
         record = self.planned_record(data, round=task.round)
         assert record.sample_rate is not None and record.steps is not None
         private_loader = DPDataLoader.from_data_loader(loader, generator=generator)
@@ -393,24 +391,3 @@ class _Holder(nn.Module):
     def __init__(self, params: list[nn.Parameter]) -> None:
         super().__init__()
         self.held = nn.ParameterList(params)
-
-
-def dpsgd_trainer_from(
-    config: RunConfig, train: TrainConfig, *, participations: int = 1
-) -> DPSGDTrainer:
-    """The :class:`DPSGDTrainer` a run's ``[privacy]`` asks for, over the local
-    training ``train``; ``participations`` trainings per device share
-    ``privacy.local_target_epsilon`` (when calibrating)."""
-    p = config.privacy
-    return DPSGDTrainer(
-        config=train,
-        max_grad_norm=p.max_grad_norm,
-        target_delta=p.delta,
-        noise_multiplier=p.local_noise_multiplier,
-        target_epsilon=p.local_target_epsilon,
-        participations=participations,
-        grad_sample_mode=p.grad_sample_mode,
-        accountant=p.accountant,
-        run_id=config.run.name,
-        secure_mode=p.secure_noise,
-    )

@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -438,7 +438,3 @@ class PrivacyPlan:
             if rec is not None:
                 out.append(rec)
         return tuple(out)
-
-
-# A callable a method uses to build its loop with the run's privacy composed in.
-LoopBuilder = Callable[..., FederatedLoop]
