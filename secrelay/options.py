@@ -85,8 +85,10 @@ def _collect(cls: Any, data: Any, prefix: str, problems: list[str]) -> dict[str,
     unknown = sorted(set(data) - known)
     if unknown:
         keys = ", ".join(repr(u) for u in unknown)
+        dotted = f" ({', '.join(f'{prefix}.{u}' for u in unknown)})" if prefix else ""
         problems.append(
-            f"unknown key(s) {keys} in {_where(prefix)}; valid keys: {', '.join(sorted(known))}"
+            f"unknown key(s) {keys} in {_where(prefix)}{dotted}; "
+            f"valid keys: {', '.join(sorted(known))}"
         )
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
