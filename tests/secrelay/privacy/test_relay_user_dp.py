@@ -323,8 +323,7 @@ def test_relayrec_shared_update_ablation_runs_under_user_dp(tmp_path: Path) -> N
 def test_relayrec_weighting_option_and_dp_choose_the_strategy_weights() -> None:
     from types import SimpleNamespace
 
-    from secrelay.relay.relayrec import RelayRecMethod
-    from secrelay.relay.relayrec_options import RelayRecOptions
+    from secrelay.relay.relayrec import RelayRecMethod, RelayRecOptions
 
     def weighting(options: dict, **privacy) -> str:
         m = RelayRecMethod.__new__(RelayRecMethod)

@@ -24,13 +24,14 @@ from secrelay.privacy.plan import PrivacyPlan
 from secrelay.relay.relayrec import (
     ITEM_SPACE_TOPIC,
     SELECT_TOPIC,
-    RelayRecMethod,
-    SharedUpdateStrategy,
-)
-from secrelay.relay.relayrec_cloud import MAMLConfig, MetaTask, cluster_users, maml_step
-from secrelay.relay.relayrec_options import RelayRecOptions
-from secrelay.relay.relayrec_selector import (
     ItemSpace,
+    MAMLConfig,
+    MetaTask,
+    RelayRecMethod,
+    RelayRecOptions,
+    SharedUpdateStrategy,
+    cluster_users,
+    maml_step,
     preference_vector,
     selector_logits,
     train_selector,

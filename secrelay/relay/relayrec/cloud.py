@@ -11,7 +11,9 @@ CTR Prediction via Cloud-Device Relay Learning" (IPSN 2023):
    over per-user support/query sets (:func:`maml_train`, :func:`maml_step`):
    inner step θ'_u = θ − η1 ∇L_support(u; θ), outer step
    θ ← θ − η2 ∇_θ (1/|B|) Σ_{u∈B} L_query(u; θ'_u) over batches B of users;
-5. fine-tune each of the K initial models on all cloud data.
+5. fine-tune each of the K initial models on all cloud data
+   (:func:`build_initial_models`, which also builds the ablations' single and
+   normally trained initial models).
 
 Everything here runs on the cloud on data the cloud may use in the clear; nothing
 crosses to a device. Every random choice takes an explicit seed.
@@ -19,9 +21,10 @@ crosses to a device. Every random choice takes an explicit seed.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,17 +33,21 @@ from torch.func import functional_call
 from protocols.errors import InvalidParameterError
 from secrelay.data.dataset import CTRDataset
 from secrelay.data.splits import support_query_split
-from secrelay.models.base import CTRModel
+from secrelay.federated.client import ModelSpec, flat_parameters
+from secrelay.models.base import CTRModel, make_model
+from secrelay.relay.relayrec.options import RelayRecOptions
 from secrelay.training import TrainConfig, soft_bce_with_logits, train_epochs
 
 __all__ = [
     "MAMLConfig",
     "MetaTask",
+    "build_initial_models",
     "cluster_data",
     "cluster_users",
     "make_meta_tasks",
     "maml_step",
     "maml_train",
+    "model_keys",
     "train_normal",
     "user_representations",
 ]
@@ -295,3 +302,78 @@ def cluster_data(
     label_of = dict(zip(users.tolist(), labels.tolist()))
     row_label = np.array([label_of[int(u)] for u in data.user], dtype=np.int64)
     return {int(c): data.subset(np.flatnonzero(row_label == c)) for c in np.unique(labels)}
+
+
+# --- the K initial models ------------------------------------------------------------------
+
+
+def model_keys(k: int) -> tuple[str, ...]:
+    """The keys of the K initial models: ``cluster/0`` … ``cluster/K-1``."""
+    return tuple(f"cluster/{i}" for i in range(k))
+
+
+def build_initial_models(
+    spec: ModelSpec,
+    cloud: CTRDataset,
+    users: np.ndarray,
+    labels: np.ndarray,
+    opts: RelayRecOptions,
+    cloud_train: TrainConfig,
+    *,
+    seed: int,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The K initial device models of the chosen ``initial`` variant.
+
+    ``single_*`` trains one model on all cloud data and replicates it into the K
+    slots; ``multiple_*`` trains one per user cluster on that cluster's data.
+    ``*_meta`` meta-learns (MAML) and then fine-tunes on all cloud data for
+    ``finetune_epochs``; ``*_normal`` trains normally (``[cloud]`` epochs) and —
+    for ``multiple_normal`` — fine-tunes likewise, so the two variants differ only
+    in meta- versus normal learning.
+
+    Returns
+    -------
+    (models, stats)
+        Flat parameter vectors by key, and per-model statistics (rows, users,
+        meta-loss history).
+    """
+    kwargs = dict(spec.kwargs)
+    maml = MAMLConfig(
+        inner_lr=opts.inner_lr,
+        outer_lr=opts.outer_lr,
+        inner_steps=opts.inner_steps,
+        meta_epochs=opts.meta_epochs,
+        users_per_batch=opts.users_per_batch,
+        first_order=opts.first_order,
+        outer_optimizer=opts.outer_optimizer,
+        support_fraction=opts.support_fraction,
+    )
+    finetune = dataclasses.replace(cloud_train, epochs=opts.finetune_epochs)
+    groups: dict[int, CTRDataset] = (
+        dict(cluster_data(cloud, users, labels)) if opts.multiple else {0: cloud}
+    )
+    vectors: dict[int, np.ndarray] = {}
+    stats: dict[str, Any] = {}
+    for c, data in sorted(groups.items()):
+        model = make_model(spec.name, spec.schema, seed=seed + 1000 * c + 1, **kwargs)
+        info: dict[str, Any] = {"rows": len(data), "users": data.n_users}
+        if opts.meta:
+            tasks = make_meta_tasks(data, support_fraction=opts.support_fraction, seed=seed + c)
+            info["meta_users"] = len(tasks)
+            if tasks:
+                info["meta_query_loss"] = maml_train(model, tasks, maml, seed=seed + c)
+            if opts.finetune_epochs > 0:
+                info["finetune_loss"] = train_normal(model, cloud, finetune, seed=seed + 7 + c)
+        else:
+            info["train_loss"] = train_normal(model, data, cloud_train, seed=seed + 3 + c)
+            if opts.multiple and opts.finetune_epochs > 0:
+                info["finetune_loss"] = train_normal(model, cloud, finetune, seed=seed + 7 + c)
+        vectors[c] = flat_parameters(model)
+        stats[f"model/{c}"] = info
+    keys = model_keys(opts.num_clusters)
+    if opts.multiple:
+        for i in range(opts.num_clusters):
+            if i not in vectors:
+                raise InvalidParameterError(f"user cluster {i} is empty; lower num_clusters")
+        return {keys[i]: vectors[i] for i in range(opts.num_clusters)}, stats
+    return {k: vectors[0].copy() for k in keys}, stats

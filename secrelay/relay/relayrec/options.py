@@ -19,7 +19,6 @@ option              values (default first)
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -58,7 +57,7 @@ class RelayRecOptions:
     inner_lr, outer_lr:
         MAML η1 and η2 (paper 0.01 both).
     inner_steps, meta_epochs, users_per_batch, first_order, outer_optimizer, support_fraction:
-        See :class:`secrelay.relay.relayrec_cloud.MAMLConfig`.
+        See :class:`secrelay.relay.relayrec.cloud.MAMLConfig`.
     finetune_epochs:
         Epochs of fine-tuning each initial model on all cloud data (>= 0).
     selector_hidden, selector_epochs, selector_lr:
@@ -101,15 +100,16 @@ class RelayRecOptions:
     def from_mapping(cls, options: Mapping[str, Any]) -> RelayRecOptions:
         """Validate ``[method.options]``; every problem is reported at once, each
         naming ``method.options.<key>``."""
-        out: RelayRecOptions = _from_mapping(cls, options, _check_relayrec)
-        return out
+        return parse_options(cls, options, "method.options", checks=_check_relayrec)
 
     @property
     def multiple(self) -> bool:
+        """Whether one initial model is trained per user cluster (``multiple_*``)."""
         return self.initial.startswith("multiple")
 
     @property
     def meta(self) -> bool:
+        """Whether the initial models are meta-learned (``*_meta``)."""
         return self.initial.endswith("meta")
 
 
@@ -144,10 +144,3 @@ def _check_relayrec(o: Mapping[str, Any]) -> list[str]:
             f"method.options.support_fraction must be in (0, 1); got {o['support_fraction']!r}"
         )
     return problems
-
-
-def _from_mapping(
-    cls: Any, options: Mapping[str, Any], extra: typing.Callable[[Mapping[str, Any]], list[str]]
-) -> Any:
-    """A method-options dataclass from ``method.options`` (also used by LCFT)."""
-    return parse_options(cls, options, "method.options", checks=extra)

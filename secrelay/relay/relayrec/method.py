@@ -1,0 +1,198 @@
+"""RelayRec as a runner-driven method (``method.name = "relayrec"``).
+
+:class:`RelayRecMethod` runs the cloud phase (:mod:`~secrelay.relay.relayrec.cloud`,
+:mod:`~secrelay.relay.relayrec.selector`), lets every device choose its initial model
+(:mod:`~secrelay.relay.relayrec.device`) and then drives the federated rounds with
+the chosen collaboration (:mod:`~secrelay.relay.relayrec.strategy`). Evaluation:
+each device's test rows are scored with the current model of its chosen key (the
+personal model for ``standalone``); gAUC is the headline metric.
+
+Configuration: ``[model]`` is the device model, ``[cloud]`` trains the server
+model and the normal initial models (and sets the fine-tuning batch size and
+learning rate), ``[local]`` is the devices' local training, ``[federated]`` the
+rounds; ``[strategy]`` is not used (``method.options.collaboration`` chooses).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from secrelay.checkpoint import atomic_write_text
+from secrelay.federated.client import PlainTrainer, PrivateKey, single_thread
+from secrelay.federated.loop import DeviceStore, evaluate_keyed
+from secrelay.federated.strategies import Strategy
+from secrelay.methods import LoopMethod, RunContext, make_train_config
+from secrelay.metrics import Metrics
+from secrelay.models.base import CTRModel, make_model
+from secrelay.relay.relayrec.cloud import (
+    build_initial_models,
+    cluster_users,
+    model_keys,
+    train_normal,
+    user_representations,
+)
+from secrelay.relay.relayrec.device import select_device_key
+from secrelay.relay.relayrec.options import RelayRecOptions
+from secrelay.relay.relayrec.selector import fit_item_space, train_selector
+from secrelay.relay.relayrec.strategy import _make_strategy
+
+__all__ = ["RelayRecMethod"]
+
+
+class RelayRecMethod(LoopMethod):
+    """RelayRec and its ablations, driven round by round by the runner.
+
+    Privacy (``[privacy]``): ``dp_sgd`` trains every device with DP-SGD;
+    ``user_level_dp`` clips each device's update and noises the cluster-keyed sums
+    — update *and* per-cluster device count, since which cluster a device chose is
+    its data (:meth:`ClusteredStrategy.release_spec
+    <secrelay.federated.strategies.ClusteredStrategy.release_spec>`); it switches the
+    clustered collaboration to uniform device weights. The cloud phase uses only
+    the cloud's own (pre-regulation) data and spends nothing.
+    """
+
+    name = "relayrec"
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        self.options = RelayRecOptions.from_mapping(ctx.config.method.options)
+        self.keys = model_keys(self.options.num_clusters)
+        self.cloud_stats: dict[str, Any] = {}
+
+    # --- cloud phase --------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, opts, seed = self.ctx.config, self.options, self.ctx.seed
+        cloud = self.ctx.data.cloud
+        cloud_train = make_train_config(cfg.cloud)
+        log = self.ctx.log
+        with single_thread():
+            server = self._server_model()
+            server_loss = train_normal(server, cloud, cloud_train, seed=seed)
+            users, reps = user_representations(server, cloud)
+            labels = cluster_users(reps, opts.num_clusters, seed=seed)
+            item_space, item_labels = fit_item_space(server, cloud, opts.num_categories, seed=seed)
+            by_user = cloud.by_user()
+            prefs = np.stack([item_space.preference(cloud.subset(by_user[int(u)])) for u in users])
+            selector, acc = train_selector(
+                prefs,
+                labels,
+                opts.num_clusters,
+                hidden=opts.selector_hidden,
+                epochs=opts.selector_epochs,
+                lr=opts.selector_lr,
+                seed=seed,
+            )
+            initial, model_stats = build_initial_models(
+                self.ctx.model_spec, cloud, users, labels, opts, cloud_train, seed=seed
+            )
+        log(
+            f"relayrec cloud: server {opts.server_model} loss {server_loss:.4f}; user clusters "
+            f"{np.bincount(labels, minlength=opts.num_clusters).tolist()}; item categories "
+            f"{np.bincount(item_labels, minlength=opts.num_categories).tolist()}; selector "
+            f"train accuracy {acc:.3f}"
+        )
+        store = DeviceStore()
+        choice = {}
+        with single_thread():
+            for dev, dd in sorted(self.ctx.data.devices.items()):
+                key = select_device_key(
+                    dd,
+                    opts=opts,
+                    keys=self.keys,
+                    channel=self.ctx.channel,
+                    item_space=item_space,
+                    selector=selector,
+                    initial=initial,
+                    spec=self.ctx.model_spec,
+                    seed=seed,
+                )
+                store.update(dev, {"model_key": key, "selection": opts.selection})
+                choice[dev] = key
+        counts = {k: sum(1 for v in choice.values() if v == k) for k in self.keys}
+        log(f"relayrec devices: chosen initial models {counts}")
+        self.cloud_stats = {
+            "server_train_loss": server_loss,
+            "user_clusters": np.bincount(labels, minlength=opts.num_clusters).tolist(),
+            "item_categories": np.bincount(item_labels, minlength=opts.num_categories).tolist(),
+            "selector_train_accuracy": acc,
+            "device_choices": counts,
+            "initial_models": model_stats,
+        }
+        atomic_write_text(
+            self.ctx.run_dir / "relayrec_cloud.json",
+            json.dumps(self.cloud_stats, indent=2, default=float),
+        )
+        self.strategy = self._strategy()
+        self.strategy.initialize(initial)
+        self._build_loop(store)
+
+    def _strategy(self) -> Strategy:
+        uniform = self.options.weighting == "uniform" or self.ctx.config.privacy.user_level_dp
+        return _make_strategy(self.options, uniform=uniform)
+
+    def _server_model(self) -> CTRModel:
+        kwargs = {
+            "embedding_dim": self.ctx.config.model.embedding_dim,
+            **self.options.server_model_options,
+        }
+        return make_model(
+            self.options.server_model, self.ctx.model_spec.schema, seed=self.ctx.seed, **kwargs
+        )
+
+    def _build_loop(self, store: DeviceStore) -> None:
+        fed = self.ctx.config.federated
+        personal = self.strategy.personalized
+        rc = self.round_config(
+            clients_per_round=len(self.ctx.data.devices) if personal else fed.clients_per_round,
+            sampling="fixed" if personal else fed.sampling,
+        )
+        program = self.strategy.client_program(
+            self.ctx.model_spec,
+            PlainTrainer(make_train_config(self.ctx.config.local)),
+            selector=PrivateKey("model_key"),
+        )
+        self.loop = self.build_loop(
+            self.strategy, program, config=rc, rounds=self.num_rounds(), device_store=store
+        )
+
+    # --- rounds -------------------------------------------------------------------
+    def num_rounds(self) -> int:
+        return 1 if self.strategy.personalized else self.ctx.config.federated.rounds
+
+    def run_round(self, round: int) -> dict[str, Any]:
+        last = round == self.num_rounds()
+        rec = self.run_loop_round(round, evaluate=True if last else None).as_dict()
+        if round == 1:
+            rec["selector_train_accuracy"] = self.cloud_stats.get("selector_train_accuracy")
+            for k, v in self.cloud_stats.get("device_choices", {}).items():
+                rec[f"devices/{k}"] = v
+        return rec
+
+    def device_keys(self) -> dict[int, str]:
+        """Each device's chosen model key (the experimenter's view of the simulation)."""
+        return {d: str(s["model_key"]) for d, s in self.loop.store.state.items()}
+
+    def evaluate(self) -> Metrics:
+        if self.strategy.personalized and not self.loop.personal_predictions:
+            tests = {d: dd.test for d, dd in self.ctx.data.devices.items() if len(dd.test)}
+            keys = self.device_keys()
+            return evaluate_keyed(self.ctx.model_spec, self.strategy.models, tests, keys)
+        return self.loop.evaluate()
+
+    # --- persistence --------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "loop": self.loop.state_dict(),
+            "cloud_stats": json.loads(json.dumps(self.cloud_stats, default=float)),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.cloud_stats = dict(state.get("cloud_stats", {}))
+        self.strategy = self._strategy()
+        self.strategy.initialize(state["loop"]["strategy"]["models"])
+        self._build_loop(DeviceStore())
+        self.loop.load_state_dict(state["loop"])
