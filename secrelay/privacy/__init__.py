@@ -6,13 +6,19 @@ Submodules
     ``SparseEmbeddingDPSGD``: example-level DP-SGD whose embedding tables are clipped
     with ghost norms and updated sparsely, so a step's cost does not grow with the
     vocabulary.
+:mod:`~secrelay.privacy.ghost_norms`
+    The per-layer maths of ``SparseEmbeddingDPSGD``: per-example gradient norms and
+    clipped sums from a layer's recorded inputs and output gradients.
 :mod:`~secrelay.privacy.dpsgd`
     ``DPSGDTrainer``: a ``LocalTrainer`` running example-level DP-SGD through Opacus
     (Poisson sampling, ghost clipping by default) that returns its ledger records.
 :mod:`~secrelay.privacy.user_dp`
     User-level DP on the aggregates (DP-FedAvg) as wrappers: ``ClipUpdate`` (on the
-    device), ``CentralGaussianSum`` (server noise on plaintext sums) and
-    ``DistributedGaussianSum`` (distributed discrete Gaussian noise under SecAgg+).
+    device), the common base ``UserLevelDPSum`` and ``CentralGaussianSum`` (server
+    noise on plaintext sums).
+:mod:`~secrelay.privacy.distributed_dp`
+    ``DistributedGaussianSum``: the same wrapper under SecAgg+, with distributed
+    discrete Gaussian noise added on the devices before masking.
 :mod:`~secrelay.privacy.federated`
     ``privatize_loop`` (apply ``[privacy]`` to any ``FederatedLoop``) and
     ``plan_round_records`` (the records a round could spend, for budget dry runs).

@@ -1,5 +1,9 @@
 """DP-SGD for embedding-heavy CTR models without per-example embedding gradients.
 
+Over 500 lines because this docstring carries the privacy argument (about 100
+lines, lazy noise included) next to the one optimizer class it constrains; the
+per-layer norm maths is apart, in :mod:`secrelay.privacy.ghost_norms`.
+
 Opacus' two modes both pay for the vocabulary ``V`` at every step of a CTR model:
 
 * ``grad_sample_mode="hooks"`` materialises per-example gradients of every
@@ -109,17 +113,22 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from opacus import GradSampleModule
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from protocols.dp.events import GaussianEvent, PoissonSampledEvent
 from protocols.errors import InvalidParameterError
+from secrelay.privacy.ghost_norms import (
+    RecordedLayer,
+    classify_layers,
+    embedding_norms,
+    linear_norms,
+    sampled_norms,
+)
 
 __all__ = [
     "NOISE_MODES",
@@ -137,9 +146,6 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Opacus' clipping factor is C / (norm + 1e-6), capped at 1; the same constant makes
 # the noiseless update equal to Opacus' to float rounding.
 _CLIP_EPS = 1e-6
-# Above this many lookups per example, embedding norms group (example, row) pairs by
-# sorting instead of an L × L equality mask.
-_MAX_MASK_LOOKUPS = 128
 
 
 def embedding_tables(module: nn.Module) -> list[nn.Embedding]:
@@ -154,20 +160,6 @@ def dense_parameters(module: nn.Module) -> list[nn.Parameter]:
     """
     tables = {id(m.weight) for m in embedding_tables(module)}
     return [p for p in module.parameters() if p.requires_grad and id(p) not in tables]
-
-
-@dataclass
-class _Layer:
-    """A trainable leaf module and what the current step recorded about it."""
-
-    module: nn.Module
-    kind: Literal["embedding", "linear", "sampler"]
-    # One entry per call in the forward pass: (detached inputs, output).
-    calls: list[tuple[tuple[torch.Tensor, ...], torch.Tensor]] = field(default_factory=list)
-    # Tables: unique rows read and each lookup's position in them, per call.
-    lookups: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    # Tables, lazy noise: row r holds the noise of every step before noised_through[r].
-    noised_through: torch.Tensor | None = None
 
 
 def _check_real(name: str, value: object, *, low: float, low_open: bool) -> float:
@@ -277,7 +269,7 @@ class SparseEmbeddingDPSGD:
             )
             raise InvalidParameterError("; ".join(problems))
         problems += [f"ModuleValidator: {e}" for e in ModuleValidator.validate(module)]
-        layers = self._classify(module, problems)
+        layers = classify_layers(module, problems)
         if not any(layer.kind == "embedding" for layer in layers):
             problems.append("`module` has no trainable nn.Embedding; use Opacus' ghost clipping")
         dense = dense_parameters(module)
@@ -328,39 +320,6 @@ class SparseEmbeddingDPSGD:
                 )
             self._handles.append(layer.module.register_forward_hook(self._make_record_hook(layer)))
 
-    @staticmethod
-    def _classify(module: nn.Module, problems: list[str]) -> list[_Layer]:
-        layers: list[_Layer] = []
-        for name, sub in module.named_modules():
-            if not any(p.requires_grad for p in sub.parameters(recurse=False)):
-                continue
-            if any(p.requires_grad for c in sub.children() for p in c.parameters()):
-                problems.append(
-                    f"module {name!r} ({type(sub).__name__}) owns parameters and has "
-                    "trainable submodules; parameters must live on leaf modules"
-                )
-            elif isinstance(sub, nn.Embedding):
-                if (
-                    sub.padding_idx is not None
-                    or sub.max_norm is not None
-                    or sub.scale_grad_by_freq
-                ):
-                    problems.append(
-                        f"embedding {name!r} uses padding_idx, max_norm or scale_grad_by_freq, "
-                        "which this path does not reproduce"
-                    )
-                layers.append(_Layer(sub, "embedding"))
-            elif type(sub) is nn.Linear:
-                layers.append(_Layer(sub, "linear"))
-            elif type(sub) in GradSampleModule.GRAD_SAMPLERS:
-                layers.append(_Layer(sub, "sampler"))
-            else:
-                problems.append(
-                    f"module {name!r} ({type(sub).__name__}) has no grad sampler registered "
-                    "with Opacus"
-                )
-        return layers
-
     # ------------------------------------------------------------------ properties
     @property
     def steps(self) -> int:
@@ -401,7 +360,7 @@ class SparseEmbeddingDPSGD:
         )
 
     # ------------------------------------------------------------------ hooks
-    def _make_lookup_hook(self, layer: _Layer) -> Callable[..., None]:
+    def _make_lookup_hook(self, layer: RecordedLayer) -> Callable[..., None]:
         def hook(mod: nn.Module, inputs: tuple[Any, ...]) -> None:
             if not (self._recording or layer.noised_through is not None):
                 return
@@ -415,7 +374,7 @@ class SparseEmbeddingDPSGD:
 
         return hook
 
-    def _make_record_hook(self, layer: _Layer) -> Callable[..., None]:
+    def _make_record_hook(self, layer: RecordedLayer) -> Callable[..., None]:
         def hook(mod: nn.Module, inputs: tuple[Any, ...], out: torch.Tensor) -> None:
             if self._recording:
                 layer.calls.append((tuple(t.detach() for t in inputs), out))
@@ -427,7 +386,7 @@ class SparseEmbeddingDPSGD:
         return torch.randn(rows, dim, generator=self.generator, dtype=dtype)
 
     @torch.no_grad()
-    def _apply_deferred_noise(self, layer: _Layer, rows: torch.Tensor) -> None:
+    def _apply_deferred_noise(self, layer: RecordedLayer, rows: torch.Tensor) -> None:
         """Add to ``rows`` of a table the noise deferred since they last got theirs."""
         assert layer.noised_through is not None and isinstance(layer.module, nn.Embedding)
         weight = layer.module.weight
@@ -455,101 +414,6 @@ class SparseEmbeddingDPSGD:
                 for start in range(0, n, self.noise_chunk_rows):
                     rows = torch.arange(start, min(n, start + self.noise_chunk_rows))
                     self._apply_deferred_noise(layer, rows)
-
-    # ------------------------------------------------------------------ per-layer maths
-    @staticmethod
-    def _linear(
-        layer: _Layer, grads: list[torch.Tensor], batch: int
-    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], list[torch.Tensor]]]:
-        """Squared per-example norms of a linear layer, and its clipped-sum function."""
-        mod = layer.module
-        assert isinstance(mod, nn.Linear)
-        a = torch.cat([inp[0].reshape(batch, -1, mod.in_features) for inp, _ in layer.calls], 1)
-        g = torch.cat([gr.reshape(batch, -1, mod.out_features) for gr in grads], 1)
-        a = a.to(g.dtype)
-        if a.shape[1] == 1:
-            g_sq = g.pow(2).sum(dim=(1, 2))
-            sq = g_sq * a.pow(2).sum(dim=(1, 2))
-            if mod.bias is not None:
-                sq = sq + g_sq
-        else:
-            if 2 * a.shape[1] ** 2 <= mod.in_features * mod.out_features:
-                # Li et al. (ICLR 2022): ‖Σ_t g_t a_tᵀ‖² = Σ_{t,s} (a_t·a_s)(g_t·g_s).
-                sq = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum(
-                    dim=(1, 2)
-                )
-            else:
-                sq = torch.einsum("bto,bti->boi", g, a).pow(2).sum(dim=(1, 2))
-            if mod.bias is not None:
-                sq = sq + g.sum(dim=1).pow(2).sum(dim=1)
-
-        def clipped(coef: torch.Tensor) -> list[torch.Tensor]:
-            cg = g * coef.view(-1, 1, 1)
-            out = [torch.einsum("bto,bti->oi", cg, a)]
-            if mod.bias is not None:
-                out.append(cg.sum(dim=(0, 1)))
-            return out
-
-        return sq, clipped
-
-    @staticmethod
-    def _sampled(
-        layer: _Layer, grads: list[torch.Tensor], batch: int
-    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], list[torch.Tensor]]]:
-        """Per-example gradients of a small layer from Opacus' registered grad sampler."""
-        sampler = GradSampleModule.GRAD_SAMPLERS[type(layer.module)]
-        params = [p for p in layer.module.parameters(recurse=False) if p.requires_grad]
-        per_example: dict[int, torch.Tensor] = {}
-        for (inputs, _), g in zip(layer.calls, grads):
-            for p, gs in sampler(layer.module, list(inputs), g).items():
-                per_example[id(p)] = per_example[id(p)] + gs if id(p) in per_example else gs
-        samples = [per_example[id(p)] for p in params]
-        sq = sum((s.reshape(batch, -1).pow(2).sum(dim=1) for s in samples), torch.zeros(batch))
-
-        def clipped(coef: torch.Tensor) -> list[torch.Tensor]:
-            return [torch.einsum("b,b...->...", coef.to(s.dtype), s) for s in samples]
-
-        return sq, clipped
-
-    @staticmethod
-    def _embedding(
-        layer: _Layer, grads: list[torch.Tensor], batch: int
-    ) -> tuple[torch.Tensor, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
-        """Squared per-example norms of a table, and its clipped row sums."""
-        mod = layer.module
-        assert isinstance(mod, nn.Embedding)
-        dim = mod.embedding_dim
-        idx = torch.cat([inp[0].reshape(batch, -1) for inp, _ in layer.calls], 1)  # (B, L)
-        g = torch.cat([gr.reshape(batch, -1, dim) for gr in grads], 1)  # (B, L, d)
-        if idx.shape[1] <= _MAX_MASK_LOOKUPS:
-            # Example b's gradient on row r is the sum of its lookups of r, so
-            # ‖grad_b‖² = Σ_{l,m: idx_bl = idx_bm} g_bl · g_bm.
-            same = idx.unsqueeze(2) == idx.unsqueeze(1)
-            sq = (torch.bmm(g, g.transpose(1, 2)) * same).sum(dim=(1, 2))
-        else:
-            keys = torch.arange(batch).repeat_interleave(idx.shape[1]) * mod.num_embeddings
-            pairs, pair_of = torch.unique(keys + idx.reshape(-1), return_inverse=True)
-            summed = torch.zeros(len(pairs), dim, dtype=g.dtype).index_add_(
-                0, pair_of, g.reshape(-1, dim)
-            )
-            sq = torch.zeros(batch, dtype=g.dtype).index_add_(
-                0,
-                torch.div(pairs, mod.num_embeddings, rounding_mode="floor"),
-                summed.pow(2).sum(dim=1),
-            )
-        if len(layer.lookups) == 1:
-            rows, position = layer.lookups[0]
-        else:
-            rows, position = torch.unique(idx.reshape(-1), return_inverse=True)
-
-        def clipped(coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            weighted = (g * coef.view(-1, 1, 1)).reshape(-1, dim)
-            sums = torch.zeros(len(rows), dim, dtype=g.dtype).index_add_(
-                0, position.reshape(-1), weighted
-            )
-            return rows, sums
-
-        return sq, clipped
 
     # ------------------------------------------------------------------ step
     def step(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -599,10 +463,10 @@ class SparseEmbeddingDPSGD:
             table_fns = []
             for layer, layer_grads in parts:
                 if layer.kind == "embedding":
-                    sq, table_fn = self._embedding(layer, layer_grads, batch)
+                    sq, table_fn = embedding_norms(layer, layer_grads, batch)
                     table_fns.append((layer, table_fn))
                 else:
-                    rule = self._linear if layer.kind == "linear" else self._sampled
+                    rule = linear_norms if layer.kind == "linear" else sampled_norms
                     sq, dense_fn = rule(layer, layer_grads, batch)
                     dense_fns.append((layer, dense_fn))
                 sq_norm += sq.to(sq_norm.dtype)

@@ -54,13 +54,9 @@ from secrelay.federated.loop import FederatedLoop, RoundConfig, sample_devices
 from secrelay.federated.release import ReleaseSpec
 from secrelay.federated.secure import SecureSum, SecureSumSettings
 from secrelay.federated.strategies import Strategy
+from secrelay.privacy.distributed_dp import DistributedGaussianSum
 from secrelay.privacy.dpsgd import DPSGDTrainer
-from secrelay.privacy.user_dp import (
-    CentralGaussianSum,
-    ClipUpdate,
-    DistributedGaussianSum,
-    UserLevelDPSum,
-)
+from secrelay.privacy.user_dp import CentralGaussianSum, ClipUpdate, UserLevelDPSum
 from secrelay.training import TrainConfig
 
 __all__ = ["PrivacyPlan", "max_participations"]

@@ -17,8 +17,9 @@ from secrelay.config import PrivacyConfig, RunConfig, load_config
 from secrelay.data import make_synthetic
 from secrelay.federated.secure import SecureSum
 from secrelay.methods import METHODS, FederatedMethod, Method
+from secrelay.privacy.distributed_dp import DistributedGaussianSum
 from secrelay.privacy.plan import PrivacyPlan
-from secrelay.privacy.user_dp import CentralGaussianSum, ClipUpdate, DistributedGaussianSum
+from secrelay.privacy.user_dp import CentralGaussianSum, ClipUpdate
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

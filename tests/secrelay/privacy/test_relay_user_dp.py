@@ -22,10 +22,10 @@ from secrelay.federated.release import ReleaseSpec
 from secrelay.federated.secure import SecureSumSettings
 from secrelay.federated.strategies import ClusteredStrategy, FedAvg
 from secrelay.federated.transcript import Channel
+from secrelay.privacy.distributed_dp import DistributedGaussianSum
 from secrelay.privacy.user_dp import (
     PACKED_NAME,
     CentralGaussianSum,
-    DistributedGaussianSum,
     pack_contributions,
     unpack_sum,
 )

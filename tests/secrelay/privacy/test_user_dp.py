@@ -19,12 +19,8 @@ from protocols.errors import InvalidParameterError
 from secrelay.federated.aggregation import PlaintextSum
 from secrelay.federated.messages import ContributionUpload, MaskedUpload
 from secrelay.federated.transcript import Channel, Transcript
-from secrelay.privacy.user_dp import (
-    PACKED_NAME,
-    CentralGaussianSum,
-    ClipUpdate,
-    DistributedGaussianSum,
-)
+from secrelay.privacy.distributed_dp import DistributedGaussianSum
+from secrelay.privacy.user_dp import PACKED_NAME, CentralGaussianSum, ClipUpdate
 
 
 def _contribs(n: int, d: int, *, scale: float = 0.05, seed: int = 0):
