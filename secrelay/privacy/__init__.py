@@ -19,9 +19,10 @@ Submodules
 :mod:`~secrelay.privacy.distributed_dp`
     ``DistributedGaussianSum``: the same wrapper under SecAgg+, with distributed
     discrete Gaussian noise added on the devices before masking.
-:mod:`~secrelay.privacy.federated`
-    ``privatize_loop`` (apply ``[privacy]`` to any ``FederatedLoop``) and
-    ``plan_round_records`` (the records a round could spend, for budget dry runs).
+:mod:`~secrelay.privacy.plan`
+    ``PrivacyPlan``: the privacy problems of a config (checked before data loads),
+    composition into a ``FederatedLoop`` at build time, and the records a round
+    could spend (budget dry runs).
 :mod:`~secrelay.privacy.session`
     ``PrivacySession``: a run's ledger (``privacy_ledger.jsonl``), budget checks before
     each round, and ledger/checkpoint reconciliation on resume.
