@@ -193,6 +193,10 @@ def _execute(
                     if session is not None:  # what was released before the abort
                         session.spend(exc.privacy_records)
                     raise
+                except Exception:
+                    if session is not None:  # a failed round may still have released
+                        session.spend(method.privacy_records(t))
+                    raise
                 if session is not None:
                     session.spend(method.privacy_records(t))
                 records.append(rec)

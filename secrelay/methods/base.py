@@ -129,7 +129,8 @@ class Method(abc.ABC):
         return ()
 
     def privacy_records(self, round: int) -> tuple[LedgerRecord, ...]:
-        """The DP records the last :meth:`run_round` (of ``round``) released."""
+        """The DP records the last :meth:`run_round` (of ``round``) released — also
+        when it raised: what was released before the failure (the runner charges it)."""
         return ()
 
 

@@ -21,22 +21,25 @@ from secrelay.experiment import run
 from secrelay.federated.messages import SERVER, QueryMessage, ReplyMessage
 from secrelay.metrics import auc
 from secrelay.models.base import make_model
-from secrelay.relay.coda import CoDAOptions
-from secrelay.relay.coda_cloud import (
+from secrelay.relay.coda import (
     BATCH_TOPIC,
     PAYLOAD_MAGIC,
     CloudSampleStore,
+    CoDAOptions,
     KNNMatcher,
+    ModelStore,
     SampleBatch,
+    SampleTable,
     decode_payload,
     default_user_feature,
     encode_payload,
+    filter_matched,
+    gated_train,
     make_batches,
     match_reply,
     match_request,
     user_vectors,
 )
-from secrelay.relay.coda_device import ModelStore, SampleTable, filter_matched, gated_train
 from secrelay.training import TrainConfig, predict
 
 
@@ -398,6 +401,45 @@ def test_end_to_end_run_on_small_synthetic(tmp_path):
     assert last["payload_bytes_total"] < last["payload_raw_bytes_total"]
     kinds = res.final["traffic"]["count"]
     assert kinds.get("up:query", 0) == last["devices"] and kinds.get("down:reply", 0) > 0
+
+
+_TIMINGS = ("seconds", "index_seconds", "match_seconds")
+
+
+@pytest.mark.parametrize("private", [False, True], ids=["plain", "dp_sgd"])
+def test_sequential_and_process_pool_give_identical_runs(tmp_path, private):
+    """The device phase runs through the executor: a pool of 2 workers gives the same
+    metrics, counters, transcript and privacy ledger as the sequential executor."""
+    options = {"k": 4, "sigma_sweep": [0.0], "max_devices": 4}
+    options |= {"gate": False} if private else {"ungated": True}
+    privacy = {"dp_sgd": True, "local_noise_multiplier": 1.0} if private else {}
+    out = {}
+    for executor in ("sequential", "process"):
+        cfg = RunConfig.from_dict(
+            {
+                "run": {"name": "coda-exec", "seed": 0, "progress": False, "executor": executor}
+                | {"workers": 2, "record_transcript": True},
+                "data": {"name": "synthetic", "options": {"n_users": 24, "samples_per_user": 30}},
+                "split": {"alpha": 0.3},
+                "model": {"name": "dnn", "embedding_dim": 4, "options": {"hidden_units": [8]}},
+                "cloud": {"epochs": 1, "batch_size": 64},
+                "local": {"epochs": 1, "batch_size": 16, "lr": 0.01},
+                "method": {"name": "coda", "options": options},
+                "privacy": privacy,
+            }
+        )
+        rd = tmp_path / executor
+        res = run(cfg, rd, progress=False, log=lambda s: None)
+        ledger = rd / "privacy_ledger.jsonl"
+        out[executor] = (
+            [{k: v for k, v in r.items() if k not in _TIMINGS} for r in res.records],
+            res.final["traffic"],
+            ledger.read_text() if ledger.exists() else None,
+        )
+    seq, pool = out["sequential"], out["process"]
+    assert seq[0][-1]["devices"] == 4 and seq[0][-1]["n_matched"] > 0
+    assert (seq[2] is not None) == private
+    assert seq == pool
 
 
 def test_user_vectors_on_synthetic_have_the_feature_vocabulary():

@@ -29,15 +29,17 @@ from secrelay.experiment import run
 from secrelay.federated.client import flat_parameters
 from secrelay.methods import prepare_data
 from secrelay.models.base import make_model
-from secrelay.relay import coda_device
 from secrelay.relay.coda import (
     CoDADevice,
     CoDAOptions,
+    DPSGDSettings,
     calibrated_noise_multiplier,
+    filter_matched_private,
     matched_rows_bound,
     plan_dp_uses,
+    private_train,
 )
-from secrelay.relay.coda_device import DPSGDSettings, filter_matched_private, private_train
+from secrelay.relay.coda import training as coda_device
 from secrelay.training import TrainConfig, make_optimizer
 
 OPTIONS: dict[str, Any] = {"k": 4, "gate": False, "max_devices": 3, "baselines": False}
