@@ -292,6 +292,36 @@ class DPSGDTrainer(LocalTrainer):
         model.train()  # Opacus validates a module in training mode (callers may have evaluated)
         if self.grad_sample_mode == "sparse":
             return self._train_sparse(model, data, loader, z, generator, reference, task)
+        return self.train_private(
+            model,
+            loader,
+            noise_multiplier=z,
+            round=task.round,
+            device_id=str(data.device_id),
+            generator=generator,
+            reference=reference,
+        )
+
+    def train_private(
+        self,
+        model: nn.Module,
+        loader: DataLoader[Any],
+        *,
+        noise_multiplier: float,
+        round: int,
+        device_id: str,
+        generator: torch.Generator | None,
+        reference: list[torch.Tensor] | None = None,
+    ) -> TrainOutcome:
+        """The one DP-SGD training path over Opacus (every ``grad_sample_mode`` but
+        ``"sparse"``): Poisson sampling over ``loader``'s batches, per-example clipping,
+        noise ``noise_multiplier``·C, ``config.epochs`` epochs, FedProx's proximal step
+        after each step when ``prox_mu > 0``. Returns steps, loss and the ledger record.
+
+        :meth:`train_round` calls it with a device's rows; CoDA calls it with loaders
+        whose steps per epoch are fixed from public sizes.
+        """
+        mu = self.config.prox_mu
         optimizer = make_optimizer(model, self.config)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning)
@@ -303,9 +333,9 @@ class DPSGDTrainer(LocalTrainer):
                 max_grad_norm=float(self.max_grad_norm),
                 epochs=self.config.epochs,
                 run_id=self.run_id,
-                round=task.round,
-                device_id=str(data.device_id),
-                noise_multiplier=z,
+                round=round,
+                device_id=device_id,
+                noise_multiplier=noise_multiplier,
                 criterion=nn.BCEWithLogitsLoss(),
                 grad_sample_mode=self.grad_sample_mode,
                 secure_mode=self.secure_mode,

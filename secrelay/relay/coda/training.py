@@ -14,24 +14,21 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from protocols.dp import LedgerRecord
 from protocols.dp.local_training import (
     GRAD_SAMPLE_MODES,
-    make_private_local_training,
-    train_private_epochs,
 )
 from protocols.errors import InvalidParameterError
 from secrelay.data.dataset import CTRDataset
 from secrelay.metrics import auc, logloss
+from secrelay.privacy.dpsgd import DPSGDTrainer
 from secrelay.training import (
     TrainConfig,
     iterate_batches,
@@ -237,26 +234,24 @@ def private_train(
     loader: DataLoader[tuple[torch.Tensor, ...]] = DataLoader(
         TensorDataset(x, y), batch_sampler=_FixedBatchCount(n, steps_per_epoch)
     )
-    optimizer = make_optimizer(model, config)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning)
-        pt = make_private_local_training(
-            model,
-            optimizer,
-            loader,
-            target_delta=dp.delta,
-            max_grad_norm=dp.max_grad_norm,
-            epochs=config.epochs,
-            run_id=dp.run_id,
-            round=round,
-            device_id=device_id,
-            noise_multiplier=dp.noise_multiplier,
-            criterion=nn.BCEWithLogitsLoss(),
-            grad_sample_mode=dp.grad_sample_mode,
-            secure_mode=dp.secure_mode,
-            generator=None if dp.secure_mode else generator,
-            accountant=dp.accountant,
-        )
-        steps, last_loss = train_private_epochs(pt, config.epochs)
-    record = dataclasses.replace(pt.record, mechanism=f"{mechanism}/{pt.record.mechanism}")
-    return PrivateTrainResult(steps, last_loss, record)
+    trainer = DPSGDTrainer(
+        config=config,
+        max_grad_norm=dp.max_grad_norm,
+        target_delta=dp.delta,
+        noise_multiplier=dp.noise_multiplier,
+        grad_sample_mode=dp.grad_sample_mode,
+        accountant=dp.accountant,
+        run_id=dp.run_id,
+        secure_mode=dp.secure_mode,
+    )
+    out = trainer.train_private(
+        model,
+        loader,
+        noise_multiplier=dp.noise_multiplier,
+        round=round,
+        device_id=device_id,
+        generator=generator,
+    )
+    (record,) = out.privacy_records
+    record = dataclasses.replace(record, mechanism=f"{mechanism}/{record.mechanism}")
+    return PrivateTrainResult(out.steps, out.loss, record)

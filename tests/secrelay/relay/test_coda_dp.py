@@ -29,6 +29,7 @@ from secrelay.experiment import run
 from secrelay.federated.client import flat_parameters
 from secrelay.methods import prepare_data
 from secrelay.models.base import make_model
+from secrelay.privacy import dpsgd
 from secrelay.relay.coda import (
     CoDADevice,
     CoDAOptions,
@@ -39,7 +40,6 @@ from secrelay.relay.coda import (
     plan_dp_uses,
     private_train,
 )
-from secrelay.relay.coda import training as coda_device
 from secrelay.training import TrainConfig, make_optimizer
 
 OPTIONS: dict[str, Any] = {"k": 4, "gate": False, "max_devices": 3, "baselines": False}
@@ -133,7 +133,7 @@ def test_records_count_the_optimizer_steps_actually_taken(monkeypatch) -> None:
         opt.register_step_post_hook(hook)
         return opt
 
-    monkeypatch.setattr(coda_device, "make_optimizer", counting)
+    monkeypatch.setattr(dpsgd, "make_optimizer", counting)  # the one DP-SGD path
     cfg = _cfg({"max_devices": 1, "sigma_sweep": [0.5]})
     data = prepare_data(cfg)
     dev = sorted(d for d, dd in data.devices.items() if len(dd.test))[0]
