@@ -32,9 +32,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from protocols.dp import PrivacyLedger
 from protocols.errors import ConfigError
 from secrelay.checkpoint import atomic_write_text
 from secrelay.config import RunConfig
+from secrelay.privacy.session import LEDGER_FILE, EpsilonCache
 
 __all__ = ["audit", "render_markdown"]
 
@@ -84,9 +86,6 @@ def audit(
     DataFormatError
         If the ledger is corrupt (naming the file and line).
     """
-    from protocols.dp import PrivacyLedger
-    from secrelay.privacy.session import LEDGER_FILE, EpsilonCache
-
     rd = Path(run_dir)
     cfg_path = rd / "config.json"
     if not cfg_path.is_file():

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from protocols.errors import InvalidParameterError
+from secrelay.data import global_temporal_split, load_dataset
 from secrelay.data.dataset import CTRDataset
 from secrelay.federated.client import flat_parameters, load_flat_parameters
 from secrelay.models.base import make_model
@@ -32,8 +33,6 @@ def split_for_centralized(
     """``temporal``: the earliest 80 % of all rows train, the rest test;
     ``random``: a seeded random 80/20 split of the rows."""
     if split == "temporal":
-        from secrelay.data import global_temporal_split
-
         sp = global_temporal_split(ds, train_fraction=train_fraction)
         return sp.train, sp.test
     if split == "random":
@@ -66,8 +65,6 @@ def train_centralized(
     per-epoch history.
     """
     from rich.progress import Progress
-
-    from secrelay.data import load_dataset
 
     if patience < 1:
         raise InvalidParameterError(f"`patience` must be >= 1; got {patience}")

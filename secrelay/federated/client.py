@@ -32,7 +32,7 @@ from secrelay.data.schema import Schema
 from secrelay.models.base import CTRModel, make_model
 from secrelay.models.utils import flatten_parameters
 from secrelay.models.utils import load_flat_parameters as _load_flat
-from secrelay.training import TrainConfig, train_epochs
+from secrelay.training import TrainConfig, predict, train_epochs
 
 __all__ = [
     "ClientProgram",
@@ -361,8 +361,6 @@ class PersonalizedProgram(ClientProgram):
     inner: LocalTrainingProgram
 
     def run(self, data: DeviceData, task: DeviceTask) -> DeviceOutput:
-        from secrelay.training import predict
-
         result = self.inner.local_update(data, task)
         with single_thread():
             model = self.inner.model.build()
