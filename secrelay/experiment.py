@@ -171,11 +171,13 @@ def _execute(
             method.setup()
             records = [_clean(_metrics_record(0, method.evaluate(), {"phase": "cloud"}))]
             start = 1
-            _save(run_dir, method, 0, records, session)
+            usage = _Usage(t0, transcript, None)
+            _save(run_dir, method, 0, records, session, usage)
         else:
             method.load_state_dict(state["method"])
             records = [dict(r) for r in state["records"]]
             start = int(state["round"]) + 1
+            usage = _Usage(t0, transcript, state.get("usage"))
             write_jsonl(run_dir / "metrics.jsonl", records)
             if session is not None:
                 session.reconcile(state.get("privacy"))
@@ -200,14 +202,15 @@ def _execute(
                 if session is not None:
                     session.spend(method.privacy_records(t))
                 records.append(rec)
-                _save(run_dir, method, t, records, session)
+                _save(run_dir, method, t, records, session, usage)
                 status = " ".join(
                     f"{k}={rec[k]:.4f}"
                     for k in ("gauc", "auc", "logloss")
                     if rec.get(k) is not None
                 )
                 bar.update(task, advance=1, status=status)
-                if stop_after is not None and t >= stop_after:
+                if stop_after is not None and t >= stop_after and t < total:
+                    log(f"stopped after round {t}; continue with `secrelay resume {run_dir}`")
                     break
         final_round = records[-1]["round"]
         done = final_round >= total
@@ -219,8 +222,7 @@ def _execute(
             "complete": done,
             "final": records[-1],
             "cloud": records[0],
-            "seconds": time.perf_counter() - t0,
-            "traffic": transcript.summary(),
+            **usage.totals(),
         }
         if done:
             atomic_write_text(run_dir / "summary.json", json.dumps(final, indent=2, default=float))
@@ -231,15 +233,43 @@ def _execute(
         method.close()
 
 
+class _Usage:
+    """Seconds and message traffic of a run across resumptions: what the checkpoint
+    carried (the rounds completed before) plus this process' share."""
+
+    def __init__(self, t0: float, transcript: Transcript, prior: Mapping[str, Any] | None) -> None:
+        self.t0 = t0
+        self.transcript = transcript
+        self.prior = prior or {"seconds": 0.0, "traffic": {"count": {}, "bytes": {}}}
+
+    def totals(self) -> dict[str, Any]:
+        now = self.transcript.summary()
+        traffic = {
+            part: {
+                k: int(self.prior["traffic"].get(part, {}).get(k, 0)) + int(now[part].get(k, 0))
+                for k in sorted({*self.prior["traffic"].get(part, {}), *now[part]})
+            }
+            for part in ("count", "bytes")
+        }
+        seconds = float(self.prior["seconds"]) + time.perf_counter() - self.t0
+        return {"seconds": seconds, "traffic": traffic}
+
+
 def _save(
     run_dir: Path,
     method: Method,
     round: int,
     records: list[dict[str, Any]],
-    session: PrivacySession | None = None,
+    session: PrivacySession | None,
+    usage: _Usage,
 ) -> None:
     write_jsonl(run_dir / "metrics.jsonl", records)
-    state: dict[str, Any] = {"round": round, "method": method.state_dict(), "records": records}
+    state: dict[str, Any] = {
+        "round": round,
+        "method": method.state_dict(),
+        "records": records,
+        "usage": usage.totals(),
+    }
     if session is not None:
         state["privacy"] = session.state()
     save_checkpoint(run_dir / "checkpoint.pt", state)

@@ -44,6 +44,24 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert resumed.records == full.records
     lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(s)["round"] for s in lines] == [0, 1, 2, 3, 4]
+    # summary.json covers the whole run, not only the resumed part
+    summary = json.loads((tmp_path / "part" / "summary.json").read_text())
+    assert summary["traffic"] == full.final["traffic"]
+    assert summary["seconds"] > 0
+
+
+def test_resuming_a_finished_run_keeps_its_summary(tmp_path: Path) -> None:
+    full = run(_config(rounds=2), tmp_path / "r", progress=False, log=_quiet)
+    again = resume(tmp_path / "r", progress=False, log=_quiet)
+    assert again.final["traffic"] == full.final["traffic"]
+    assert sum(full.final["traffic"]["count"].values()) > 0
+    assert again.final["seconds"] >= full.final["seconds"]
+
+
+def test_stop_after_says_how_to_resume(tmp_path: Path) -> None:
+    said: list[str] = []
+    run(_config(rounds=3), tmp_path / "r", progress=False, log=said.append, stop_after=1)
+    assert any("secrelay resume" in s for s in said)
 
 
 def test_killed_process_resumes_to_the_same_result(tmp_path: Path) -> None:
