@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from protocols.errors import (
     BudgetExceededError,
@@ -30,9 +31,40 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console(stderr=True)
 out = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from secrelay import __version__
+
+        out.print(f"secrelay {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Privacy-preserving relay learning of CTR models."""
+
+
+def _interrupted(run_dir: Path) -> None:
+    """Ctrl-C: the last completed round is checkpointed; say how to continue."""
+    console.print(
+        f"[yellow]interrupted[/yellow]; the last completed round is checkpointed — "
+        f"continue with `secrelay resume {run_dir}`"
+    )
+    raise typer.Exit(code=130)
+
 
 EXIT_CODES: dict[type[SecrelayError], int] = {
     DataFormatError: 3,
@@ -45,7 +77,8 @@ EXIT_CODES: dict[type[SecrelayError], int] = {
 
 def _fail(err: SecrelayError) -> None:
     code = next((c for t, c in EXIT_CODES.items() if isinstance(err, t)), 1)
-    console.print(f"[bold red]error:[/] {err}")
+    # The message is text, not markup: "[federated]" must not vanish as a style tag.
+    console.print(Text.assemble(("error: ", "bold red"), str(err)))
     raise typer.Exit(code)
 
 
@@ -109,7 +142,7 @@ def train(
             patience=patience,
             seed=seed,
             progress=True,
-            log=lambda s: console.print(s),
+            log=lambda s: console.print(s, markup=False),
         )
     except SecrelayError as e:
         _fail(e)
@@ -157,11 +190,17 @@ def run_cmd(
         cfg = load_config(config, **overrides)
         rd = out_dir or Path("runs") / cfg.run.name
         result = run(
-            cfg, rd, overwrite=overwrite, log=lambda s: console.print(s), stop_after=stop_after
+            cfg,
+            rd,
+            overwrite=overwrite,
+            log=lambda s: console.print(s, markup=False),
+            stop_after=stop_after,
         )
     except SecrelayError as e:
         _fail(e)
         return
+    except KeyboardInterrupt:
+        _interrupted(rd)
     _report(result)
 
 
@@ -176,10 +215,14 @@ def resume(
     from secrelay.experiment import resume as resume_run
 
     try:
-        result = resume_run(run_dir, log=lambda s: console.print(s), stop_after=stop_after)
+        result = resume_run(
+            run_dir, log=lambda s: console.print(s, markup=False), stop_after=stop_after
+        )
     except SecrelayError as e:
         _fail(e)
         return
+    except KeyboardInterrupt:
+        _interrupted(run_dir)
     _report(result)
 
 
@@ -203,12 +246,23 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/demo"),
     rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 10,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the runs already in the output directory.")
+    ] = False,
 ) -> None:
     """The compliance demo: relay learning from the cloud model to devices on the embedded data."""
     from secrelay.demo import run_demo
 
     try:
-        run_demo(data=data, path=path, out_dir=out_dir, rounds=rounds, seed=seed, console=out)
+        run_demo(
+            data=data,
+            path=path,
+            out_dir=out_dir,
+            rounds=rounds,
+            seed=seed,
+            console=out,
+            overwrite=overwrite,
+        )
     except SecrelayError as e:
         _fail(e)
 
@@ -234,7 +288,7 @@ def audit(
             run_dir,
             accountant=accountant,
             comparison=compare or None,
-            log=lambda s: console.print(s),
+            log=lambda s: console.print(s, markup=False),
         )
     except SecrelayError as e:
         _fail(e)
@@ -284,7 +338,9 @@ def audit(
         )
     for note in report["notes"]:
         out.print(f"note: {note}", markup=False)
-    out.print(f"report: {Path(run_dir) / 'audit.md'} (json, plot alongside)")
+    plot = Path(run_dir) / "audit_epsilon.png"
+    extra = "json and plot alongside" if plot.exists() else "json alongside; no ε plot"
+    out.print(f"report: {Path(run_dir) / 'audit.md'} ({extra})")
 
 
 def main() -> None:  # pragma: no cover - console entry point

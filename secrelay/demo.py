@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from protocols.errors import ConfigError
 from secrelay.config import load_config
 from secrelay.experiment import run
 
@@ -31,9 +32,18 @@ def run_demo(
     rounds: int = 10,
     seed: int = 0,
     console: Console | None = None,
+    overwrite: bool = False,
 ) -> dict[str, dict[str, object]]:
-    """Run the demo pipelines into ``out_dir`` and print a comparison table."""
+    """Run the demo pipelines into ``out_dir`` and print a comparison table.
+
+    Refuses an ``out_dir`` that already holds demo runs unless ``overwrite``.
+    """
     con = console or Console()
+    if not overwrite and any(Path(out_dir).glob("*/checkpoint.pt")):
+        raise ConfigError(
+            f"{str(out_dir)!r} already holds demo runs; pass --overwrite to replace them "
+            "or choose another --out"
+        )
     base: dict[str, dict[str, object]] = {
         "run": {"seed": seed, "executor": "sequential"},
         "data": {"name": data, "path": path or ""},

@@ -37,6 +37,7 @@ import secrelay.relay  # noqa: F401  (registers the built-in methods in METHODS)
 from protocols.errors import ConfigError, ProtocolAbort
 from secrelay.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
 from secrelay.config import RunConfig
+from secrelay.data import DATASET_LOADERS
 from secrelay.data.dataset import CTRDataset
 from secrelay.federated.executor import make_executor
 from secrelay.federated.transcript import Channel, Transcript
@@ -47,7 +48,9 @@ from secrelay.methods import (
     model_spec_from,
     prepare_data,
 )
+from secrelay.methods.data import IN_MEMORY
 from secrelay.metrics import Metrics
+from secrelay.models import MODEL_REGISTRY
 from secrelay.privacy.plan import PrivacyPlan
 from secrelay.privacy.session import PrivacySession
 
@@ -57,6 +60,27 @@ __all__ = [
     "resume",
     "run",
 ]
+
+
+def _input_problems(config: RunConfig) -> list[str]:
+    """Unknown model / data set names and a missing data path, found before anything runs."""
+    problems = []
+    if config.model.name not in MODEL_REGISTRY:
+        problems.append(
+            f"model.name {config.model.name!r} is not a registered model; choose one of "
+            f"{MODEL_REGISTRY.names()}"
+        )
+    if config.data.name != IN_MEMORY and config.data.name not in DATASET_LOADERS:
+        problems.append(
+            f"data.name {config.data.name!r} is not a registered data set; choose one of "
+            f"{DATASET_LOADERS.names()}"
+        )
+    if config.data.path and not Path(config.data.path).exists():
+        problems.append(
+            f"data.path {config.data.path!r} does not exist (resolved against the current "
+            f"directory: {Path(config.data.path).resolve()})"
+        )
+    return problems
 
 
 def check_config(config: RunConfig, method: type[Method] | None = None) -> type[Method]:
@@ -75,7 +99,8 @@ def check_config(config: RunConfig, method: type[Method] | None = None) -> type[
             f"method.name {name!r} is not a known method; choose one of {METHODS.names()}"
         )
     cls = method if method is not None else METHODS.get(name)
-    problems = [*cls.privacy_problems(config), *PrivacyPlan.from_config(config).problems()]
+    problems = [*_input_problems(config), *cls.privacy_problems(config)]
+    problems += PrivacyPlan.from_config(config).problems()
     if problems:
         raise ConfigError("; ".join(dict.fromkeys(problems)))
     return cls
@@ -294,6 +319,7 @@ def run(
     :class:`Method` class instead of the registered ``method.name``; ``dataset`` is
     used instead of loading ``[data]`` (see :func:`secrelay.simulate`).
     """
+    check_config(config, method)  # every problem, before a run directory is made
     rd = Path(run_dir)
     if (rd / "checkpoint.pt").exists() and not overwrite:
         raise ConfigError(

@@ -11,6 +11,7 @@ expected), the ``checks`` a caller adds — and reported at once in one
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -86,8 +87,19 @@ def _collect(cls: Any, data: Any, prefix: str, problems: list[str]) -> dict[str,
     if unknown:
         keys = ", ".join(repr(u) for u in unknown)
         dotted = f" ({', '.join(f'{prefix}.{u}' for u in unknown)})" if prefix else ""
+        guesses = {
+            u: m[0]
+            for u in unknown
+            if (m := difflib.get_close_matches(u, sorted(known), n=1, cutoff=0.6))
+        }
+        hint = ""
+        if len(unknown) == 1 and guesses:
+            hint = f" — did you mean {next(iter(guesses.values()))!r}?"
+        elif guesses:
+            hint = " — did you mean " + ", ".join(f"{m!r} for {u!r}" for u, m in guesses.items())
+            hint += "?"
         problems.append(
-            f"unknown key(s) {keys} in {_where(prefix)}{dotted}; "
+            f"unknown key(s) {keys} in {_where(prefix)}{dotted}{hint}; "
             f"valid keys: {', '.join(sorted(known))}"
         )
     kwargs: dict[str, Any] = {}
