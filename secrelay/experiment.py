@@ -39,7 +39,7 @@ from secrelay.checkpoint import atomic_write_text, load_checkpoint, save_checkpo
 from secrelay.config import RunConfig
 from secrelay.data import DATASET_LOADERS
 from secrelay.data.dataset import CTRDataset
-from secrelay.federated.executor import make_executor
+from secrelay.federated.executor import in_worker_bootstrap, make_executor
 from secrelay.federated.transcript import Channel, Transcript
 from secrelay.methods import (
     METHODS,
@@ -319,6 +319,12 @@ def run(
     :class:`Method` class instead of the registered ``method.name``; ``dataset`` is
     used instead of loading ``[data]`` (see :func:`secrelay.simulate`).
     """
+    if in_worker_bootstrap():
+        raise ConfigError(
+            "secrelay.run() was called while a worker process was starting: the calling "
+            "script re-runs in every process-pool worker. Guard it with "
+            '`if __name__ == "__main__":`'
+        )
     check_config(config, method)  # every problem, before a run directory is made
     rd = Path(run_dir)
     if (rd / "checkpoint.pt").exists() and not overwrite:

@@ -22,7 +22,13 @@ from typing import Literal
 from protocols.errors import InvalidParameterError
 from secrelay.federated.client import ClientProgram, DeviceData, DeviceOutput, DeviceTask
 
-__all__ = ["Executor", "ProcessPoolExecutor", "SequentialExecutor", "make_executor"]
+__all__ = [
+    "Executor",
+    "ProcessPoolExecutor",
+    "SequentialExecutor",
+    "in_worker_bootstrap",
+    "make_executor",
+]
 
 
 class Executor(abc.ABC):
@@ -54,6 +60,12 @@ class SequentialExecutor(Executor):
 
 
 _WORKER_DEVICES: dict[int, DeviceData] = {}
+
+
+def in_worker_bootstrap() -> bool:
+    """Whether this process is a spawned worker still importing its parent's
+    ``__main__`` (an unguarded script re-running its top level in the worker)."""
+    return bool(getattr(mp.process.current_process(), "_inheriting", False))
 
 
 def _init_worker(devices: dict[int, DeviceData]) -> None:
@@ -105,7 +117,17 @@ class ProcessPoolExecutor(Executor):
         if self._pool is None:
             raise InvalidParameterError("ProcessPoolExecutor.map() called before start()")
         futures = [self._pool.submit(_run_one, program, t) for t in tasks]
-        return [f.result() for f in futures]
+        try:
+            return [f.result() for f in futures]
+        except cf.process.BrokenProcessPool:
+            self._pool = None
+            raise InvalidParameterError(
+                "a device worker process died before finishing its task. With the process "
+                "executor, a script that calls secrelay must guard its entry point with "
+                '`if __name__ == "__main__":` (workers re-import the script when they '
+                "start); otherwise check the worker's error above, or use "
+                "run.executor = 'sequential'"
+            ) from None
 
     def close(self) -> None:
         if self._pool is not None:
