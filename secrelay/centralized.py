@@ -7,7 +7,7 @@ to pick the epoch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -58,11 +58,13 @@ def train_centralized(
     progress: bool = False,
     log: Callable[[str], None] = print,
     dataset: CTRDataset | None = None,
+    data_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on the training part of ``data`` and evaluate on the test part.
 
-    Returns a dict with ``test`` and ``valid`` metrics, ``best_epoch`` and the
-    per-epoch history.
+    ``data_options`` are the loader's keywords (e.g. a CSV file's columns; see
+    :mod:`secrelay.data.options`). Returns a dict with ``test`` and ``valid`` metrics,
+    ``best_epoch`` and the per-epoch history.
     """
     from rich.progress import Progress
 
@@ -70,7 +72,7 @@ def train_centralized(
         raise InvalidParameterError(f"`patience` must be >= 1; got {patience}")
     if not 0 < valid_fraction < 1:
         raise InvalidParameterError(f"`valid_fraction` must be in (0, 1); got {valid_fraction}")
-    ds = dataset if dataset is not None else load_dataset(data, path)
+    ds = dataset if dataset is not None else load_dataset(data, path, **dict(data_options or {}))
     train_all, test = split_for_centralized(ds, split=split, seed=seed)
     order = _time_order(train_all)
     cut = round((1 - valid_fraction) * len(train_all))

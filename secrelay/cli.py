@@ -16,6 +16,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 from protocols.errors import (
     BudgetExceededError,
     ConfigError,
@@ -55,6 +60,19 @@ def _main(
     ] = False,
 ) -> None:
     """Privacy-preserving relay learning of CTR models."""
+
+
+def _read_options(path: Path | None) -> dict[str, object]:
+    """A TOML file of loader options (``--data-options``); ``{}`` without one."""
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise ConfigError(f"--data-options file {str(path)!r} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--data-options file {str(path)!r} is not valid TOML: {e}") from None
+    return dict(data.get("data", {}).get("options", data))
 
 
 def _interrupted(run_dir: Path) -> None:
@@ -111,6 +129,14 @@ def train(
         str, typer.Option(help="Data set: synthetic, movielens100k, libfm, csv, parquet.")
     ] = "synthetic",
     path: Annotated[str | None, typer.Option(help="Data directory or file.")] = None,
+    data_options: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-options",
+            help="TOML file of loader options (a CSV/Parquet file's columns, a libFM field "
+            "map; libFM infers one when omitted). Same keys as [data.options].",
+        ),
+    ] = None,
     split: Annotated[
         str, typer.Option(help="temporal (global 80/20 by time) or random.")
     ] = "temporal",
@@ -130,10 +156,12 @@ def train(
     from secrelay.centralized import train_centralized
 
     try:
+        options = _read_options(data_options)
         result = train_centralized(
             model=model,
             data=data,
             path=path,
+            data_options=options,
             split=split,
             epochs=epochs,
             batch_size=batch_size,

@@ -15,6 +15,7 @@ from secrelay.data._io import PathLike
 from secrelay.data.dataset import CTRDataset
 from secrelay.data.libfm import load_libfm
 from secrelay.data.movielens import load_movielens100k
+from secrelay.data.options import field_map_from_options, tabular_spec_from_options
 from secrelay.data.synthetic import make_synthetic
 from secrelay.data.tabular import load_csv, load_parquet
 
@@ -39,7 +40,9 @@ def _movielens100k(path: PathLike | None, **kw: Any) -> CTRDataset:
 def _needs_path(name: str, fn: Callable[..., CTRDataset]) -> DatasetLoader:
     def loader(path: PathLike | None, **kw: Any) -> CTRDataset:
         if path is None:
-            raise InvalidParameterError(f"data set {name!r} is read from a file: pass `path`")
+            raise InvalidParameterError(
+                f"data set {name!r} is read from a file: set data.path (or --path / `path`)"
+            )
         return fn(path, **kw)
 
     loader.__name__ = f"load_{name}"
@@ -48,12 +51,37 @@ def _needs_path(name: str, fn: Callable[..., CTRDataset]) -> DatasetLoader:
 
 
 DATASET_LOADERS: Registry[DatasetLoader] = Registry("data set")
+
+
+def _libfm(path: PathLike, **kw: Any) -> CTRDataset:
+    """libFM/libSVM: ``field_map=`` a :class:`FieldMap`, or plain options (a declared
+    ``fields`` table, or a map inferred from a libFM file; :mod:`secrelay.data.options`)."""
+    if "field_map" not in kw:
+        field_map, kw = field_map_from_options(path, kw)
+        kw["field_map"] = field_map
+    return load_libfm(path, **kw)
+
+
+def _tabular(reader: Callable[..., CTRDataset]) -> Callable[..., CTRDataset]:
+    def load(path: PathLike, **kw: Any) -> CTRDataset:
+        if "spec" not in kw:
+            spec, kw = tabular_spec_from_options(kw)
+            kw["spec"] = spec
+        return reader(path, **kw)
+
+    load.__doc__ = (
+        f"{reader.__name__}: ``spec=`` a :class:`TabularSpec`, or the columns as plain "
+        "options (:mod:`secrelay.data.options`)."
+    )
+    return load
+
+
 for _name, _loader in (
     ("synthetic", _synthetic),
     ("movielens100k", _movielens100k),
-    ("libfm", _needs_path("libfm", load_libfm)),
-    ("csv", _needs_path("csv", load_csv)),
-    ("parquet", _needs_path("parquet", load_parquet)),
+    ("libfm", _needs_path("libfm", _libfm)),
+    ("csv", _needs_path("csv", _tabular(load_csv))),
+    ("parquet", _needs_path("parquet", _tabular(load_parquet))),
 ):
     DATASET_LOADERS.register(_name, _loader)
 
