@@ -48,11 +48,13 @@ def train_centralized(
     data: str,
     path: str | None = None,
     split: str = "temporal",
-    epochs: int = 10,
+    epochs: int = 20,
     batch_size: int = 256,
-    lr: float = 1e-3,
+    lr: float = 3e-3,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
     embedding_dim: int = 16,
-    patience: int = 2,
+    patience: int = 3,
     valid_fraction: float = 0.1,
     seed: int = 0,
     progress: bool = False,
@@ -80,7 +82,13 @@ def train_centralized(
     log(f"{data}: {len(train)} train / {len(valid)} validation / {len(test)} test rows")
     torch.manual_seed(seed)
     net = make_model(model, ds.schema, embedding_dim=embedding_dim)
-    cfg = TrainConfig(epochs=1, batch_size=batch_size, lr=lr, optimizer="adam")
+    cfg = TrainConfig(
+        epochs=1,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,  # type: ignore[arg-type]
+        weight_decay=weight_decay,
+    )
     opt = make_optimizer(net, cfg)
     gen = torch.Generator().manual_seed(seed)
     best, best_epoch, best_params, stale = -np.inf, 0, flat_parameters(net), 0

@@ -140,13 +140,17 @@ def train(
     split: Annotated[
         str, typer.Option(help="temporal (global 80/20 by time) or random.")
     ] = "temporal",
-    epochs: Annotated[int, typer.Option(help="Maximum training epochs.")] = 10,
+    epochs: Annotated[int, typer.Option(help="Maximum training epochs.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 256,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 3e-3,
+    optimizer: Annotated[
+        str, typer.Option(help="adam, adagrad (sparse-friendly) or sgd.")
+    ] = "adam",
+    weight_decay: Annotated[float, typer.Option(help="L2 penalty (>= 0).")] = 0.0,
     embedding_dim: Annotated[int, typer.Option(help="Embedding size per field.")] = 16,
     patience: Annotated[
         int, typer.Option(help="Early stopping patience (epochs) on a validation slice.")
-    ] = 2,
+    ] = 3,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the metrics here.")
@@ -166,6 +170,8 @@ def train(
             epochs=epochs,
             batch_size=batch_size,
             lr=lr,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
             embedding_dim=embedding_dim,
             patience=patience,
             seed=seed,
