@@ -49,9 +49,12 @@ class RunSection:
 
     name: str = "run"
     seed: int = 0
-    executor: Literal["sequential", "process"] = "sequential"
+    executor: Literal["sequential", "process", "ray"] = "sequential"
     workers: int = 0
     record_transcript: bool = False
+    # Ray cluster to connect to with executor = "ray" ("auto", "ray://host:10001");
+    # empty starts a local instance.
+    address: str = ""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -227,6 +230,10 @@ class PrivacyConfig:
         if self.accountant not in ACCOUNTANTS:
             problems.append(
                 f"privacy.accountant must be a registered accountant, one of "
+    # Homomorphic encryption (CKKS) of RelayRec's selector query and CoDA's matching
+    # (docs/he.md); a method that has no such flow refuses them.
+    he_selector: bool = False
+    he_matching: bool = False
                 f"{ACCOUNTANTS.names()}; got {self.accountant!r}"
             )
 

@@ -172,7 +172,7 @@ def _execute(
         log(note)
     schema = data.full.schema
     workers = config.run.workers or None
-    executor = make_executor(config.run.executor, workers)
+    executor = make_executor(config.run.executor, workers, address=config.run.address)
     transcript = Transcript(keep_payloads=config.run.record_transcript)
     ctx = RunContext(
         config=config,

@@ -6,6 +6,13 @@ workers once, by :meth:`Executor.start`. A distributed engine (Ray actors, one p
 shard of devices) can implement the same two methods without any change to
 strategies or the round loop.
 
+:class:`RayExecutor` (``[run] executor = "ray"``, the ``secrelay[ray]`` extra) runs
+devices on Ray actors, one per shard of the population: each actor receives its
+devices' data once, at ``start``, through the object store, and keeps it; a round
+puts the program in the object store once and sends each actor only its devices'
+tasks. ``address`` connects to an existing cluster (``"auto"``,
+``"ray://host:10001"``); empty starts a local instance with ``workers`` CPUs.
+
 Results do not depend on the executor: every task carries its own seed and local
 training runs on one torch thread (:func:`secrelay.federated.client.single_thread`).
 """
@@ -14,20 +21,23 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures as cf
+import importlib.util
 import multiprocessing as mp
 import os
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
-from protocols.errors import InvalidParameterError
+from protocols.errors import ConfigError, InvalidParameterError
 from secrelay.federated.client import ClientProgram, DeviceData, DeviceOutput, DeviceTask
 
 __all__ = [
     "Executor",
     "ProcessPoolExecutor",
+    "RayExecutor",
     "SequentialExecutor",
     "in_worker_bootstrap",
     "make_executor",
+    "ray_available",
 ]
 
 
@@ -135,10 +145,130 @@ class ProcessPoolExecutor(Executor):
             self._pool = None
 
 
-def make_executor(kind: str, workers: int | None = None) -> Executor:
-    """``"sequential"`` or ``"process"`` (a :class:`ProcessPoolExecutor`)."""
+def ray_available() -> bool:
+    """Whether the optional ``ray`` package is installed."""
+    return importlib.util.find_spec("ray") is not None
+
+
+class _Shard:
+    """A Ray actor holding a shard of the devices' data (placed once per run)."""
+
+    def __init__(self, devices: dict[int, DeviceData]) -> None:
+        import torch
+
+        torch.set_num_threads(1)
+        self.devices = devices
+
+    def run(self, program: ClientProgram, tasks: list[DeviceTask]) -> list[DeviceOutput]:
+        return [program.run(self.devices[t.device_id], t) for t in tasks]
+
+
+class RayExecutor(Executor):
+    """Runs device programs on Ray actors, one per shard of the population.
+
+    Parameters
+    ----------
+    workers:
+        Actors (and CPUs of a local instance); default: the machine's CPU count, or
+        the cluster's when connecting to one.
+    address:
+        An existing cluster to connect to; ``""`` starts a local instance.
+
+    Raises
+    ------
+    ConfigError
+        If Ray is not installed (install the ``secrelay[ray]`` extra).
+    """
+
+    def __init__(self, workers: int | None = None, *, address: str = "") -> None:
+        if not ray_available():
+            raise ConfigError(
+                "run.executor = 'ray' needs Ray: install the extra with "
+                "`pip install 'secrelay[ray]'` (or choose 'sequential' / 'process')"
+            )
+        if workers is not None and workers < 1:
+            raise InvalidParameterError(f"`workers` must be >= 1; got {workers!r}")
+        self.workers = workers
+        self.address = address
+        self._actors: list[Any] = []
+        self._owner: dict[int, int] = {}
+        self._started_ray = False
+
+    def _init_ray(self) -> Any:
+        import ray
+
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if self.address:
+                kwargs["address"] = self.address
+            elif self.workers is not None:
+                kwargs["num_cpus"] = self.workers
+            ray.init(**kwargs)
+            self._started_ray = True
+        return ray
+
+    def start(self, devices: Mapping[int, DeviceData]) -> None:
+        self._release_actors()
+        ray = self._init_ray()
+        n = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        ids = sorted(devices)
+        n = max(1, min(n, len(ids)))
+        shards: list[dict[int, DeviceData]] = [{} for _ in range(n)]
+        for i, dev in enumerate(ids):  # contiguous blocks keep each shard's data together
+            k = i * n // len(ids)
+            shards[k][dev] = devices[dev]
+            self._owner[dev] = k
+        actor = ray.remote(num_cpus=1)(_Shard)
+        self._actors = [actor.remote(ray.put(shard)) for shard in shards]
+
+    def map(self, program: ClientProgram, tasks: Sequence[DeviceTask]) -> list[DeviceOutput]:
+        if not self._actors:
+            raise InvalidParameterError("RayExecutor.map() called before start()")
+        import ray
+
+        ref = ray.put(program)  # one copy of the round's program (and its model) for all
+        by_actor: dict[int, list[int]] = {}
+        for i, t in enumerate(tasks):
+            if t.device_id not in self._owner:
+                raise InvalidParameterError(f"device {t.device_id} was not given to start()")
+            by_actor.setdefault(self._owner[t.device_id], []).append(i)
+        futures = {
+            k: self._actors[k].run.remote(ref, [tasks[i] for i in idx])
+            for k, idx in by_actor.items()
+        }
+        out: list[DeviceOutput | None] = [None] * len(tasks)
+        for k, idx in by_actor.items():
+            for i, res in zip(idx, ray.get(futures[k])):
+                out[i] = res
+        return [o for o in out if o is not None]
+
+    def _release_actors(self) -> None:
+        if self._actors:
+            import ray
+
+            for a in self._actors:
+                ray.kill(a)
+        self._actors = []
+        self._owner = {}
+
+    def close(self) -> None:
+        self._release_actors()
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+            self._started_ray = False
+
+
+def make_executor(kind: str, workers: int | None = None, *, address: str = "") -> Executor:
+    """``"sequential"``, ``"process"`` (a :class:`ProcessPoolExecutor`) or ``"ray"``
+    (a :class:`RayExecutor`, on ``address`` when given)."""
     if kind == "sequential":
         return SequentialExecutor()
     if kind == "process":
         return ProcessPoolExecutor(workers)
-    raise InvalidParameterError(f"`executor` must be 'sequential' or 'process'; got {kind!r}")
+    if kind == "ray":
+        return RayExecutor(workers, address=address)
+    raise InvalidParameterError(
+        f"`executor` must be 'sequential', 'process' or 'ray'; got {kind!r}"
+    )
