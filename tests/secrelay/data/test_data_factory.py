@@ -39,7 +39,7 @@ def test_unknown_name_lists_valid_names() -> None:
 
 def test_file_loaders_need_a_path() -> None:
     for name in ("libfm", "csv", "parquet"):
-        with pytest.raises(InvalidParameterError, match="is read from a file: set data.path"):
+        with pytest.raises(InvalidParameterError, match=r"is read from a file: set data\.path"):
             load_dataset(name)
 
 
