@@ -16,10 +16,19 @@ dependency of this project); use the separate venv::
         --benchmark-only
 
 Each round benchmark records in ``extra_info``: mean and max per-client
-seconds (all four stages of one client), server seconds, and mean bytes sent
+seconds (every stage of one client), server seconds, and mean bytes sent
 and received per client. Both implementations use the same neighbours ``k``,
 threshold ``t``, clipping range 8, 22-bit quantization in 32-bit words, and the
-same dropped clients.
+same dropped clients. ``test_secagg_round`` runs our default protocol (the
+malicious-server variant with the consistency check).
+
+The threat-model comparison (issue 13): the malicious-server protocol
+(``active_security=True``: signed advertisements, consistency check, graph rule,
+verified reconstruction) side by side with the honest-but-curious one, per stage,
+at n in {100, 1000} and d = 1e5::
+
+    /work/venv/bin/python -m pytest benchmarks/bench_secagg.py --benchmark-only \
+        -k threat_model --benchmark-json=bench_secagg_threat.json
 
 How Flower is driven (it has no in-process driver): the client side calls the
 stage functions of ``flwr.client.mod.secure_aggregation.secaggplus_mod``
@@ -47,7 +56,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from protocols.secagg import SecAggConfig, SecureRandom, simulate_secure_sum
+from protocols.secagg import SecAggConfig, SecureRandom, make_identity_keys, simulate_secure_sum
 from protocols.secagg.prg import MaskExpander
 
 FULL = os.environ.get("SECAGG_FULL", "") not in ("", "0")
@@ -108,6 +117,64 @@ def test_secagg_round(benchmark: Any, n: int, d: int) -> None:
         bytes_sent_per_client=float(np.mean(list(res.bytes_sent.values()))),
         bytes_received_per_client=float(np.mean(list(res.bytes_received.values()))),
         max_abs_error=err,
+    )
+
+
+THREAT_GRID = [
+    (n, 100_000, p)
+    for n in (100, 1000)
+    for p in ("honest-but-curious", "malicious", "malicious-keys-known")
+]
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "protocol"), THREAT_GRID, ids=[f"n{n}-d{d}-{p}" for n, d, p in THREAT_GRID]
+)
+def test_secagg_threat_model(benchmark: Any, n: int, d: int, protocol: str) -> None:
+    """One round of each protocol; the per-stage split shows what the consistency
+    check (and the authentication and checks around it) cost. ``malicious``: the
+    clients derive every pairwise identity key in the round (first meeting);
+    ``malicious-keys-known``: the same identity keys were used in a warm-up round,
+    so each client already holds its pairwise keys (the steady state)."""
+    inputs = _inputs(n, d)
+    cfg = SecAggConfig(
+        n_clients=n,
+        vector_length=d,
+        clip_range=CLIP,
+        precision_bits=PRECISION,
+        active_security=protocol != "honest-but-curious",
+    )
+    dropped = _dropped(n)
+    holder: dict[str, Any] = {}
+    keys = None
+    if protocol == "malicious-keys-known":
+        keys, _ = make_identity_keys(n, rng=SecureRandom.from_seed(n, b"bench-pki"))
+
+    def run() -> None:
+        holder["res"] = simulate_secure_sum(
+            inputs, config=cfg, dropouts={"masked_input": dropped}, seed=1, identity_keys=keys
+        )
+
+    benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=1 if keys else 0)
+    res = holder["res"]
+    exact = np.sum([inputs[i] for i in res.survivors], axis=0)
+    assert float(np.max(np.abs(res.sum - exact))) <= res.error_bound
+    secs = list(res.client_seconds.values())
+    _record(
+        benchmark,
+        impl="secrelay",
+        protocol=protocol,
+        n=n,
+        d=d,
+        k=cfg.k,
+        t=cfg.t,
+        quorum=cfg.quorum if cfg.active_security else None,
+        client_s_mean=float(np.mean(secs)),
+        server_s=res.server_seconds,
+        client_stage_s_mean={s.value: v / n for s, v in res.client_stage_seconds.items()},
+        server_stage_s={s.value: v for s, v in res.server_stage_seconds.items()},
+        bytes_sent_per_client=float(np.mean(list(res.bytes_sent.values()))),
+        bytes_received_per_client=float(np.mean(list(res.bytes_received.values()))),
     )
 
 

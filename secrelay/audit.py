@@ -13,7 +13,11 @@ default; RDP is shown for comparison) and writes
 ε's are upper bounds at the stated δ, per privacy unit (``docs/privacy.md``):
 *example* (one training example of one device; per device) and *user* (a device's
 whole contribution; global, i.e. for a user taking part in every round it could).
-A run without a ledger made no DP release: its ε is reported as infinite.
+Every ε is stated with its neighbouring relation (*adjacency*: add/remove,
+replace-one or zero-out, taken from the ledger records) and the run's randomness
+mode; a run with ``privacy.randomness = "reproducible"`` is marked with the warning
+that its guarantee holds only against parties who do not know ``run.seed``. A run
+without a ledger made no DP release: its ε is reported as infinite.
 
 Examples
 --------
@@ -32,13 +36,39 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from protocols.dp import PrivacyLedger
-from protocols.errors import ConfigError
+from protocols.dp import LedgerRecord, PrivacyLedger
 from secrelay.checkpoint import atomic_write_text
-from secrelay.config import RunConfig
+from secrelay.config import RunConfig, load_run_config
 from secrelay.privacy.session import LEDGER_FILE, EpsilonCache
 
-__all__ = ["audit", "render_markdown"]
+__all__ = ["REPRODUCIBLE_WARNING", "audit", "render_markdown"]
+
+REPRODUCIBLE_WARNING = (
+    "privacy.randomness = 'reproducible': the guarantee holds only against parties who "
+    "do not know run.seed (the noise, the device samples and the SecAgg keys were "
+    "derived from it; whoever knows the config can regenerate them)"
+)
+"""The warning every report of a reproducible run carries."""
+
+_ADJACENCY_TEXT = {
+    "add_remove": "add/remove one",
+    "replace_one": "replace-one",
+    "zero_out": "zero-out (participation public)",
+}
+
+
+def _adjacency(records: Sequence[LedgerRecord]) -> str | None:
+    """The adjacency of ``records``: the one they share, ``"mixed: a, b"``, or
+    ``"unstated"`` for records of a format-1 ledger; ``None`` without records."""
+    if not records:
+        return None
+    kinds = sorted({r.adjacency or "unstated" for r in records})
+    return kinds[0] if len(kinds) == 1 else "mixed: " + ", ".join(kinds)
+
+
+def _randomness_warnings(config: RunConfig) -> list[str]:
+    return [REPRODUCIBLE_WARNING] if config.privacy.randomness == "reproducible" else []
+
 
 AUDIT_JSON = "audit.json"
 AUDIT_MD = "audit.md"
@@ -87,10 +117,7 @@ def audit(
         If the ledger is corrupt (naming the file and line).
     """
     rd = Path(run_dir)
-    cfg_path = rd / "config.json"
-    if not cfg_path.is_file():
-        raise ConfigError(f"{str(rd)!r} is not a run directory (no config.json)")
-    config = RunConfig.from_dict(json.loads(cfg_path.read_text()))
+    config = load_run_config(rd)
     p = config.privacy
     delta = float(p.delta)
     main = accountant or p.accountant
@@ -103,6 +130,9 @@ def audit(
         "accountant": main,
         "accountants": accountants,
         "secure_aggregation": p.secure_aggregation,
+        "randomness": p.randomness,
+        "warnings": _randomness_warnings(config),
+        "adjacency": {"user": None, "example": None},
         "notes": [],
     }
     if not ledger_path.exists():
@@ -136,6 +166,7 @@ def audit(
         "records": len(records),
         "rounds": sorted({r.round for r in records}),
     }
+    report["adjacency"] = {"user": _adjacency(user), "example": _adjacency(example)}
 
     # --- user level (global) ---------------------------------------------------
     log(f"user level: {len(user)} records")
@@ -145,6 +176,7 @@ def audit(
     report["user_level"] = {
         "records": len(user),
         "epsilon": user_eps,
+        "adjacency": report["adjacency"]["user"],
         "budget": p.user_epsilon,
         "noise_multiplier": sorted({r.noise_multiplier for r in user if r.noise_multiplier}),
         "clipping_norm": p.clipping_norm,
@@ -186,6 +218,7 @@ def audit(
     }
     ex: dict[str, Any] = {
         "devices": len(by_device),
+        "adjacency": report["adjacency"]["example"],
         "budget": p.example_epsilon,
         "epsilon": {},
         "per_device": per_device[main],
@@ -233,6 +266,7 @@ def audit(
                 {
                     "unit": unit,
                     "mechanism": name,
+                    "adjacency": _adjacency(mine),
                     "records": len(mine),
                     "epsilon_alone": alone[name],
                     "share": (alone[name][main] / total) if total > 0 else None,
@@ -258,22 +292,52 @@ def audit(
     report["series"] = series
 
     notes = report["notes"]
+    secure = p.randomness == "secure"
     if any(r.mechanism.endswith("[central_gaussian]") and r.sample_rate for r in user):
         notes.append(
             "user level: central Gaussian noise with Poisson sampling is accounted with "
-            "amplification by sampling, which holds against observers of the released models "
-            "(the trusted server keeps the sample secret)"
+            "amplification by sampling under add/remove adjacency, which holds against "
+            "observers of the released models: the trusted server keeps the sample secret, "
+            "every round releases (noise alone when nobody was sampled)"
+            + (
+                ", and the samples were drawn from OS entropy"
+                if secure
+                else "; the samples derive from run.seed (see the warning)"
+            )
+        )
+    if any(r.adjacency == "replace_one" and r.mechanism.startswith("dp_fedavg") for r in user):
+        notes.append(
+            "user level: fixed-size sampling with central noise is accounted under "
+            "replace-one adjacency at sensitivity 2C (with the sample hidden another device "
+            "fills a removed device's slot, so the sum moves by up to 2C), without "
+            "amplification"
         )
     if any("distributed" in r.mechanism for r in user):
         notes.append(
             "user level: distributed discrete Gaussian noise under secure aggregation is "
-            "accounted without amplification (the server sees who takes part), with the "
-            "actual number of honest surviving noise shares per round"
+            "accounted under zero-out adjacency (the server sees who takes part: the "
+            "guarantee protects what a participant sends, not whether it took part), "
+            "without amplification, with the actual number of honest surviving noise "
+            "shares per round"
         )
     if example:
         notes.append(
             "example level: each device's ε composes the DP-SGD records of the rounds it "
-            "trained in (devices never sampled spent nothing)"
+            "trained in (devices never sampled spent nothing), under add/remove adjacency "
+            "of one example"
+        )
+        if secure:
+            notes.append(
+                "example level: DP-SGD's batch sampling and noise came from a torch "
+                "generator seeded with 63 bits of OS entropy per training (unknown to "
+                "whoever knows run.seed), not from a CSPRNG, and its Gaussians are not "
+                "hardened against floating-point attacks (Opacus' secure_mode needs "
+                "torchcsprng)"
+            )
+    if any(r.adjacency is None for r in records):
+        notes.append(
+            "some records come from a format-1 ledger, which did not record their "
+            "adjacency ('unstated')"
         )
     plot = _plot(rd, report) if write else None
     report["plot"] = plot
@@ -321,6 +385,12 @@ def _fmt(x: Any) -> str:
     return str(x)
 
 
+def _adjacency_label(adjacency: str | None) -> str:
+    if adjacency is None:
+        return "—"
+    return _ADJACENCY_TEXT.get(adjacency, adjacency)
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown (what ``audit.md`` holds)."""
     accs = report["accountants"]
@@ -332,16 +402,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         + (f" (compared with {', '.join(accs[1:])})" if len(accs) > 1 else ""),
         f"- ledger: {report['ledger']['records']} records",
         f"- secure aggregation: {report['secure_aggregation']}",
+        f"- randomness: **{report.get('randomness', '—')}**",
+    ]
+    for w in report.get("warnings", []):
+        lines += ["", f"> **Warning:** {w}"]
+    ul = report["user_level"]
+    adj = _adjacency_label(ul.get("adjacency"))
+    lines += [
         "",
         "## User level (a device's whole contribution; global)",
         "",
-        "| accountant | ε | budget |",
-        "|---|---|---|",
+        "| accountant | ε | adjacency | budget |",
+        "|---|---|---|---|",
     ]
-    ul = report["user_level"]
     for a in accs:
         eps = _fmt(ul["epsilon"].get(a)) if ul.get("records") else "∞ (no DP release)"
-        lines.append(f"| {a} | {eps} | {_fmt(ul.get('budget'))} |")
+        lines.append(f"| {a} | {eps} | {adj} | {_fmt(ul.get('budget'))} |")
     pd = ul.get("per_device")
     if pd:
         lines += [
@@ -355,6 +431,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"## Example level (one training example; per device, {ex['devices']} devices)",
+        "",
+        f"Adjacency: {_adjacency_label(ex.get('adjacency'))}.",
         "",
         "| accountant | min | median | max (device) | budget |",
         "|---|---|---|---|---|",
@@ -378,13 +456,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Mechanisms",
         "",
-        "| unit | mechanism | records | ε alone | share |",
-        "|---|---|---|---|---|",
+        "| unit | mechanism | adjacency | records | ε alone | share |",
+        "|---|---|---|---|---|---|",
     ]
     for m in report["mechanisms"]:
         alone = ", ".join(f"{a} {_fmt(v)}" for a, v in m["epsilon_alone"].items())
         share = "—" if m["share"] is None else f"{100 * m['share']:.0f} %"
-        lines.append(f"| {m['unit']} | `{m['mechanism']}` | {m['records']} | {alone} | {share} |")
+        lines.append(
+            f"| {m['unit']} | `{m['mechanism']}` | {_adjacency_label(m.get('adjacency'))} "
+            f"| {m['records']} | {alone} | {share} |"
+        )
     lines += [
         "",
         "ε alone: the mechanism's records composed by themselves (example level: the worst "

@@ -340,6 +340,7 @@ def audit(
         table.add_row(
             "user (global)", a, "", "", f(eps) if eps is not None else "∞", f(user.get("budget"))
         )
+    adjacency = report.get("adjacency", {})
     pd = user.get("per_device")
     if pd:
         table.add_row(
@@ -363,11 +364,18 @@ def audit(
                 f(ex.get("budget")),
             )
     out.print(table)
+    for w in report.get("warnings", []):
+        out.print(f"WARNING: {w}", markup=False)
+    out.print(
+        f"randomness: {report.get('randomness')}; adjacency: user "
+        f"{adjacency.get('user') or '—'}, example {adjacency.get('example') or '—'}",
+        markup=False,
+    )
     for m in report["mechanisms"]:
         share = "" if m["share"] is None else f", share {100 * m['share']:.0f} %"
         out.print(
-            f"{m['unit']}: {m['mechanism']} — {m['records']} records, ε alone "
-            f"{f(m['epsilon_alone'][report['accountant']])}{share}",
+            f"{m['unit']}: {m['mechanism']} ({m.get('adjacency')}) — {m['records']} records, "
+            f"ε alone {f(m['epsilon_alone'][report['accountant']])}{share}",
             markup=False,
         )
     for note in report["notes"]:
@@ -375,6 +383,52 @@ def audit(
     plot = Path(run_dir) / "audit_epsilon.png"
     extra = "json and plot alongside" if plot.exists() else "json alongside; no ε plot"
     out.print(f"report: {Path(run_dir) / 'audit.md'} ({extra})")
+
+
+@app.command(name="he-check")
+def he_check(
+    blob: Annotated[Path, typer.Argument(help="An HE envelope (context or ciphertexts).")],
+    context: Annotated[
+        Path | None,
+        typer.Option(help="The public context the ciphertexts in BLOB were made under."),
+    ] = None,
+) -> None:
+    """Check an HE artefact as a server would receive it (docs/he.md).
+
+    A public context is loaded and summarised (parameters at 128-bit security, the
+    Galois steps and relinearisation key it carries, its size); a context carrying a
+    secret key, a corrupted or truncated envelope, weak parameters or ciphertexts that
+    do not load under --context are refused with exit code 3.
+    """
+    from protocols.errors import MessageError
+    from protocols.he import EnvelopeKind, PublicContext
+    from protocols.he.envelope import peek_kind
+
+    try:
+        data = blob.read_bytes()
+        kind = peek_kind(data)
+        if kind is EnvelopeKind.CIPHERTEXTS:
+            if context is None:
+                raise MessageError("checking ciphertexts needs --context (the public context)")
+            ctx = PublicContext.from_bytes(context.read_bytes())
+            cts = ctx.load_ciphertexts(data)
+            out.print(f"{blob}: {len(cts)} fresh ciphertext(s), {len(data)} bytes, under {ctx!r}")
+            return
+        ctx = PublicContext.from_bytes(data)
+    except MessageError as e:
+        console.print(Text.assemble(("error: ", "bold red"), str(e)))
+        raise typer.Exit(3) from None
+    except OSError as e:
+        console.print(Text.assemble(("error: ", "bold red"), str(e)))
+        raise typer.Exit(2) from None
+    p = ctx.params
+    out.print(
+        f"{blob}: public HE context, N = {p.poly_modulus_degree}, primes "
+        f"{list(p.coeff_mod_bit_sizes)} ({p.total_bits} bits, 128-bit security), scale "
+        f"2^{p.scale_bits}, depth {p.depth}; Galois steps {sorted(ctx.galois_steps)}; "
+        f"relinearisation key: {'yes' if ctx.has_relin_keys else 'no'}; {ctx.nbytes} bytes",
+        markup=False,
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -40,6 +40,7 @@ __all__ = [
     "SplitConfig",
     "StrategyConfig",
     "load_config",
+    "load_run_config",
 ]
 
 
@@ -51,10 +52,10 @@ class RunSection:
     seed: int = 0
     executor: Literal["sequential", "process", "ray"] = "sequential"
     workers: int = 0
-    record_transcript: bool = False
     # Ray cluster to connect to with executor = "ray" ("auto", "ray://host:10001");
     # empty starts a local instance.
     address: str = ""
+    record_transcript: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -183,7 +184,9 @@ class PrivacyConfig:
     Differential privacy (``docs/privacy.md``): ``dp_sgd`` turns on example-level
     DP-SGD on the devices (``max_grad_norm``, and ``local_noise_multiplier`` or
     ``local_target_epsilon`` over ``local_participations`` rounds, 0 = the most rounds
-    any device is sampled in); ``user_level_dp`` turns on DP-FedAvg (each device's
+    any device can be sampled in: read from the public sampling schedule under
+    reproducible randomness, ``federated.rounds`` under secure randomness, whose
+    samples are not known before they are drawn); ``user_level_dp`` turns on DP-FedAvg (each device's
     update clipped to ``clipping_norm``; noise ``noise_multiplier`` or calibrated to
     ``target_epsilon`` over the planned rounds; central Gaussian noise, or distributed
     discrete Gaussian noise under ``secure_aggregation``). ``user_epsilon`` and
@@ -191,6 +194,14 @@ class PrivacyConfig:
     refused before it runs. ``query_ldp`` (``"gaussian"`` or ``"randomized_response"``)
     makes a device's small query releases (LCFT's local-CTR query) ε-LDP at
     ``query_ldp_epsilon``. Unset (``None``) numbers are not used.
+
+    ``randomness`` is where the randomness the guarantees rest on comes from:
+    ``"secure"`` (default) draws DP noise, DP-SGD's sampling and noise, the device
+    sample of every round and the SecAgg keys from OS entropy, never from
+    ``run.seed``; ``"reproducible"`` derives them from ``run.seed`` for bit-identical
+    research reruns, and the guarantee then holds only against parties who do not
+    know ``run.seed`` (the audit says so). Training order, data splits and the cloud
+    phase follow ``run.seed`` in both modes. It replaces ``secure_noise``.
     """
 
     secure_aggregation: bool = False
@@ -216,9 +227,13 @@ class PrivacyConfig:
     num_colluders: int = 0
     noise_shares: Literal["participants", "threshold"] = "participants"
     dp_scale: float | None = None
-    secure_noise: bool = False
+    randomness: Literal["secure", "reproducible"] = "secure"
     query_ldp: Literal["off", "gaussian", "randomized_response"] = "off"
     query_ldp_epsilon: float | None = None
+    # Homomorphic encryption (CKKS) of RelayRec's selector query and CoDA's matching
+    # (docs/he.md); a method that has no such flow refuses them.
+    he_selector: bool = False
+    he_matching: bool = False
 
     @property
     def differential_privacy(self) -> bool:
@@ -230,10 +245,6 @@ class PrivacyConfig:
         if self.accountant not in ACCOUNTANTS:
             problems.append(
                 f"privacy.accountant must be a registered accountant, one of "
-    # Homomorphic encryption (CKKS) of RelayRec's selector query and CoDA's matching
-    # (docs/he.md); a method that has no such flow refuses them.
-    he_selector: bool = False
-    he_matching: bool = False
                 f"{ACCOUNTANTS.names()}; got {self.accountant!r}"
             )
 
@@ -355,6 +366,15 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        privacy = data.get("privacy")
+        if isinstance(privacy, Mapping) and "secure_noise" in privacy:
+            raise ConfigError(
+                "privacy.secure_noise was replaced by privacy.randomness: remove "
+                "secure_noise and set randomness = 'secure' (the default: DP noise, "
+                "sampling and SecAgg keys from OS entropy) or randomness = 'reproducible' "
+                "(everything from run.seed, for research reruns; what secure_noise = false "
+                "did)"
+            )
         built: RunConfig = parse_options(cls, data)
         return built
 
@@ -366,6 +386,36 @@ class RunConfig:
                 raise ConfigError(f"unknown config section {name!r}; valid: {sorted(d)}")
             d[name] = {**d[name], **dict(values)}
         return RunConfig.from_dict(d)
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved configuration of a run directory (``RUN_DIR/config.json``).
+
+    A run written before ``privacy.randomness`` existed recorded
+    ``privacy.secure_noise`` instead; it is read as what that run did:
+    ``secure_noise = true`` as ``randomness = "secure"``, ``false`` as
+    ``"reproducible"`` (its noise and sampling came from ``run.seed``).
+
+    Raises
+    ------
+    ConfigError
+        If ``run_dir`` holds no ``config.json``, or it is not a valid config.
+    """
+    rd = Path(run_dir)
+    path = rd / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{str(rd)!r} is not a run directory (no config.json)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{str(path)!r} is not valid JSON: {e}") from None
+    privacy = data.get("privacy") if isinstance(data, dict) else None
+    if isinstance(privacy, dict) and "secure_noise" in privacy:
+        privacy = dict(privacy)
+        legacy = privacy.pop("secure_noise")
+        privacy.setdefault("randomness", "secure" if legacy else "reproducible")
+        data = {**data, "privacy": privacy}
+    return RunConfig.from_dict(data)
 
 
 def load_config(path: str | Path | None = None, **overrides: Mapping[str, Any]) -> RunConfig:

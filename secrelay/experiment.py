@@ -36,7 +36,7 @@ import numpy as np
 import secrelay.relay  # noqa: F401  (registers the built-in methods in METHODS)
 from protocols.errors import ConfigError, ProtocolAbort
 from secrelay.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint, write_jsonl
-from secrelay.config import RunConfig
+from secrelay.config import RunConfig, load_run_config
 from secrelay.data import DATASET_LOADERS
 from secrelay.data.dataset import CTRDataset
 from secrelay.federated.executor import in_worker_bootstrap, make_executor
@@ -368,10 +368,7 @@ def resume(
     """Continue the run in ``run_dir`` from its last checkpoint (``method`` and
     ``dataset`` as given to :func:`run`, for runs made with them)."""
     rd = Path(run_dir)
-    cfg_path = rd / "config.json"
-    if not cfg_path.is_file():
-        raise ConfigError(f"{str(rd)!r} is not a run directory (no config.json)")
-    config = RunConfig.from_dict(json.loads(cfg_path.read_text()))
+    config = load_run_config(rd)
     state = load_checkpoint(rd / "checkpoint.pt")
     return _execute(
         config,

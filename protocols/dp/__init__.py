@@ -68,6 +68,8 @@ from protocols.dp.events import (
 )
 from protocols.dp.ldp import gaussian_report, randomized_response, randomized_response_estimate
 from protocols.dp.ledger import (
+    ADJACENCIES,
+    Adjacency,
     BudgetReport,
     EpsilonPoint,
     LedgerConflictError,
@@ -77,10 +79,20 @@ from protocols.dp.ledger import (
     PrivacyUnit,
 )
 from protocols.dp.mechanisms import clip_by_l2_norm, clip_update, gaussian_mechanism, l2_norm
-from protocols.dp.rng import RandomGenerator, SecureGenerator, make_generator
+from protocols.dp.rng import (
+    RANDOMNESS_MODES,
+    RandomGenerator,
+    Randomness,
+    SecureGenerator,
+    check_randomness,
+    make_generator,
+)
 
 __all__ = [
+    "ADJACENCIES",
     "DEFAULT_RDP_ORDERS",
+    "RANDOMNESS_MODES",
+    "Adjacency",
     "BudgetReport",
     "ComposedEvent",
     "DistributedDiscreteGaussianEvent",
@@ -103,11 +115,13 @@ __all__ = [
     "RDPAccountant",
     "RandomGenerator",
     "RandomizedResponseEvent",
+    "Randomness",
     "SecureGenerator",
     "SelfComposedEvent",
     "ZCDPEvent",
     "available_accountants",
     "calibrate_noise_multiplier",
+    "check_randomness",
     "clip_by_l2_norm",
     "clip_update",
     "dequantize",

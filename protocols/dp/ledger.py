@@ -24,22 +24,34 @@ JSON lines, UTF-8, one record per line, keys sorted::
      "sensitivity": 1.0, "seq": 0, "sigma": null, "steps": 500, "unit": "example",
      "v": 1}
 
-``seq`` is the 0-based line number. Every write rewrites the whole file to a
-temporary file in the same directory, fsyncs it and renames it over the ledger
-(:func:`os.replace`, then fsyncs the directory), so a crash leaves either the old
-or the new ledger, never a half-written one; stray ``.<name>.*.tmp`` files from a
-crash are ignored by :meth:`PrivacyLedger.load`. One process writes a ledger at a
-time; a ledger that changed on disk since it was loaded is refused
-(:class:`LedgerConflictError`) rather than overwritten.
+``seq`` is the 0-based line number; ``adjacency`` is the neighbouring relation the
+record's event is accounted under (:data:`Adjacency`; format 1 ledgers, written before
+it was recorded, load with ``adjacency = None``).
+
+Writers. Every write rewrites the whole file to a temporary file in the same
+directory, fsyncs it and renames it over the ledger (:func:`os.replace`, then fsyncs
+the directory), so a crash leaves either the old or the new ledger, never a
+half-written one. The check that the file is still the one this object last saw, the
+write and the rename happen under an exclusive advisory lock (:func:`fcntl.flock` on
+the ledger's directory, so no lock file is left behind), so two processes spending
+on one ledger either both land, in some order, or one gets
+:class:`LedgerConflictError` — a record is never lost silently. Stray
+``.<name>.*.tmp`` files of a crashed writer are ignored by :meth:`PrivacyLedger.load`
+and removed by the next write (under the lock, no other writer can own them). A
+rewrite keeps the ledger's file mode; a new ledger gets the mode a plain
+:func:`open` would give it (0666 less the umask).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import stat
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +68,9 @@ from protocols.errors import (
 )
 
 __all__ = [
+    "ADJACENCIES",
     "LEDGER_FORMAT_VERSION",
+    "Adjacency",
     "BudgetReport",
     "EpsilonPoint",
     "LedgerConflictError",
@@ -66,9 +80,30 @@ __all__ = [
     "PrivacyUnit",
 ]
 
-LEDGER_FORMAT_VERSION = 1
+LEDGER_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 PrivacyUnit = Literal["example", "user"]
 _UNITS: tuple[str, ...] = ("example", "user")
+
+Adjacency = Literal["add_remove", "replace_one", "zero_out"]
+"""The neighbouring relation a record's ε is stated under, for its unit:
+
+``"add_remove"``
+    one unit (example or user) added to or removed from the data; with Poisson
+    sampling the membership of the sample stays hidden (amplification).
+``"replace_one"``
+    one unit's data replaced by another's, the number of units fixed (fixed-size
+    sampling; local randomizers). The sensitivity is that of a replacement (2C for
+    a sum of vectors clipped to C).
+``"zero_out"``
+    one unit's contribution replaced by zero while its participation stays public
+    (secure aggregation: the server sees who takes part).
+"""
+ADJACENCIES: tuple[str, ...] = ("add_remove", "replace_one", "zero_out")
+
+LOCK_TIMEOUT_S = 30.0
+"""How long a writer waits for another process's lock on the ledger before it gives up
+with :class:`LedgerConflictError`."""
 
 
 class LedgerConflictError(SecrelayError, RuntimeError):
@@ -111,6 +146,9 @@ class LedgerRecord:
         Ids of the devices whose data the release covers (non-empty, unique).
     delta:
         The δ the mechanism was configured for, in [0, 1) (0 for pure-ε).
+    adjacency:
+        The neighbouring relation ``event`` is accounted under (:data:`Adjacency`);
+        ``None`` only for records read from a format-1 ledger, which did not state it.
     noise_multiplier, sigma, sensitivity, sample_rate, steps:
         Audit fields: noise multiplier z, absolute noise standard deviation σ,
         clipping norm / L2 sensitivity, sampling rate q in (0, 1], number of steps.
@@ -123,6 +161,7 @@ class LedgerRecord:
     unit: PrivacyUnit
     devices: tuple[str, ...]
     delta: float
+    adjacency: Adjacency | None
     noise_multiplier: float | None = None
     sigma: float | None = None
     sensitivity: float | None = None
@@ -151,6 +190,10 @@ class LedgerRecord:
         object.__setattr__(
             self, "delta", check_real("delta", self.delta, low=0.0, high=1.0, high_open=True)
         )
+        if self.adjacency is not None and self.adjacency not in ADJACENCIES:
+            raise InvalidParameterError(
+                f"`adjacency` must be one of {list(ADJACENCIES)}; got {self.adjacency!r}"
+            )
         for name, kw in (
             ("noise_multiplier", {"low": 0.0, "low_open": True}),
             ("sigma", {"low": 0.0}),
@@ -171,6 +214,7 @@ class LedgerRecord:
             "unit": self.unit,
             "devices": list(self.devices),
             "delta": self.delta,
+            "adjacency": self.adjacency,
             "noise_multiplier": self.noise_multiplier,
             "sigma": self.sigma,
             "sensitivity": self.sensitivity,
@@ -179,14 +223,26 @@ class LedgerRecord:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LedgerRecord:
-        """Rebuild and validate a record; unknown or missing keys are errors."""
+    def from_dict(
+        cls, data: Mapping[str, Any], *, version: int = LEDGER_FORMAT_VERSION
+    ) -> LedgerRecord:
+        """Rebuild and validate a record; unknown or missing keys are errors.
+
+        ``version`` is the ledger format the record was written in: a format-1
+        record has no ``adjacency`` key and gets ``adjacency = None``.
+        """
         if not isinstance(data, Mapping):
             raise InvalidParameterError(
                 f"a record must be a JSON object; got {type(data).__name__}"
             )
-        expected = set(_RECORD_KEYS)
-        keys = set(data)
+        if version == 1:
+            expected = set(_RECORD_KEYS) - {"adjacency"}
+            if set(data) == expected:
+                data = {**data, "adjacency": None}
+            keys = set(data) - {"adjacency"}
+        else:
+            expected = set(_RECORD_KEYS)
+            keys = set(data)
         if keys != expected:
             raise InvalidParameterError(
                 f"record has missing keys {sorted(expected - keys)} / "
@@ -211,6 +267,7 @@ _RECORD_KEYS: tuple[str, ...] = (
     "unit",
     "devices",
     "delta",
+    "adjacency",
     "noise_multiplier",
     "sigma",
     "sensitivity",
@@ -356,11 +413,67 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+@contextlib.contextmanager
+def _writer_lock(path: Path, *, timeout: float | None = None) -> Iterator[None]:
+    """Hold the exclusive advisory lock of ``path``'s writers: :func:`fcntl.flock` on
+    its directory (no lock file to leave behind). Waits up to ``timeout`` seconds
+    (default :data:`LOCK_TIMEOUT_S`) for another writer, then raises
+    :class:`LedgerConflictError`. Without ``fcntl`` (not POSIX) it only relies on the
+    on-disk digest check."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    wait = LOCK_TIMEOUT_S if timeout is None else timeout
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LedgerConflictError(
+                        f"ledger file {str(path)!r} is locked by another writer (waited "
+                        f"{wait:g} s); try again when it has finished"
+                    ) from None
+                time.sleep(0.005)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove ``.<name>.*.tmp`` files of crashed writers (call under the lock: no live
+    writer of this ledger can own one then)."""
+    prefix = _temp_prefix(path)
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file, fsync, os.replace, fsync dir."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``data`` to ``path`` atomically: temp file, fsync, os.replace, fsync dir.
+
+    The temp file is created like a plain new file (mode 0666 less the umask) and
+    then given the mode of the file it replaces, so a rewrite keeps the ledger's mode.
+    """
+    tmp = path.parent / f"{_temp_prefix(path)}{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
+            if hasattr(os, "fchmod"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.fchmod(f.fileno(), stat.S_IMODE(os.stat(path).st_mode))
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -388,7 +501,7 @@ class PrivacyLedger:
     >>> ledger = PrivacyLedger()
     >>> rec = LedgerRecord(run_id="r", round=0, mechanism="gaussian",
     ...     event=GaussianEvent(noise_multiplier=2.0), unit="user", devices=("a", "b"),
-    ...     delta=1e-5)
+    ...     delta=1e-5, adjacency="add_remove")
     >>> budget = PrivacyBudget(delta=1e-5, user_epsilon=2.5)
     >>> _ = ledger.spend([rec], budget=budget)
     >>> round(ledger.epsilon(delta=1e-5, unit="user"), 1)
@@ -438,13 +551,13 @@ class PrivacyLedger:
                 if not isinstance(obj, dict):
                     raise InvalidParameterError("line is not a JSON object")
                 version, seq = obj.pop("v", None), obj.pop("seq", None)
-                if version != LEDGER_FORMAT_VERSION:
+                if version not in _READABLE_VERSIONS:
                     raise InvalidParameterError(
-                        f"`v` must be {LEDGER_FORMAT_VERSION}; got {version!r}"
+                        f"`v` must be one of {list(_READABLE_VERSIONS)}; got {version!r}"
                     )
                 if seq != lineno - 1:
                     raise InvalidParameterError(f"`seq` must be {lineno - 1}; got {seq!r}")
-                record = LedgerRecord.from_dict(obj)
+                record = LedgerRecord.from_dict(obj, version=version)
             except (ValueError, TypeError) as exc:  # JSON, Unicode and validation errors
                 raise DataFormatError(f"{p}:{lineno}: invalid ledger record: {exc}") from exc
             ledger._records.append(record)
@@ -536,13 +649,38 @@ class PrivacyLedger:
         start = len(self._records)
         new_lines = [_encode_line(start + i, r) for i, r in enumerate(recs)]
         if self._path is not None:
-            self._verify_unchanged_on_disk()
-            data = b"".join(self._lines + new_lines)
-            _atomic_write(self._path, data)
-            self._disk_digest = _digest(data)
+            self._write(b"".join(self._lines + new_lines))
         self._records.extend(recs)
         self._lines.extend(new_lines)
         return report
+
+    def truncate(self, count: int) -> None:
+        """Keep only the first ``count`` records, on disk and in memory (atomic, under
+        the writers' lock).
+
+        Only for resuming a run whose interrupted round is replayed *identically*
+        (reproducible randomness): its records are spent again by the replay. A
+        ledger that changed on disk since this object last saw it is refused.
+        """
+        n = check_int("count", count, low=0)
+        if n > len(self._records):
+            raise InvalidParameterError(
+                f"`count` must be at most the {len(self._records)} records; got {n}"
+            )
+        if self._path is not None:
+            self._write(b"".join(self._lines[:n]))
+        del self._records[n:]
+        del self._lines[n:]
+
+    def _write(self, data: bytes) -> None:
+        """Replace the file by ``data`` under the writers' lock, if it is still the file
+        this object last saw; clean up crashed writers' temp files."""
+        assert self._path is not None
+        with _writer_lock(self._path):
+            self._verify_unchanged_on_disk()
+            _remove_stale_temps(self._path)
+            _atomic_write(self._path, data)
+            self._disk_digest = _digest(data)
 
     def _verify_unchanged_on_disk(self) -> None:
         assert self._path is not None

@@ -260,6 +260,7 @@ def make_private_local_training(
         unit="example",
         devices=(device_id,),
         delta=delta,
+        adjacency="add_remove",  # Poisson sampling of examples: add/remove one example
         noise_multiplier=z,
         sigma=z * clip,
         sensitivity=clip,

@@ -13,20 +13,48 @@ and never touches numpy's or Python's global random state. Two kinds are accepte
   ``secure_mode`` does: the sum of four standard normals divided by two.
 
 Use :func:`make_generator` to build either.
+
+A run chooses between them with its :data:`Randomness` mode: ``"secure"`` (DP noise,
+the sampling amplification relies on and protocol keys from the OS, never from a
+published seed) or ``"reproducible"`` (everything from the run's seed, for research
+reruns; the guarantee then holds only against parties who do not know the seed).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import TypeAlias
+from typing import Literal, TypeAlias, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from protocols.errors import InvalidParameterError
 
-__all__ = ["RandomGenerator", "SecureGenerator", "make_generator"]
+__all__ = [
+    "RANDOMNESS_MODES",
+    "RandomGenerator",
+    "Randomness",
+    "SecureGenerator",
+    "check_randomness",
+    "make_generator",
+]
+
+Randomness = Literal["secure", "reproducible"]
+"""Where a run's privacy-relevant randomness comes from (module doc)."""
+
+RANDOMNESS_MODES: tuple[str, ...] = ("secure", "reproducible")
+
+
+def check_randomness(value: object, *, name: str = "randomness") -> Randomness:
+    """``value`` if it is a :data:`Randomness` mode, else :class:`InvalidParameterError`
+    naming ``name`` and the value."""
+    if value not in RANDOMNESS_MODES:
+        raise InvalidParameterError(
+            f"`{name}` must be one of {list(RANDOMNESS_MODES)}; got {value!r}"
+        )
+    return cast(Randomness, value)
+
 
 _INT64_MAX = np.int64(np.iinfo(np.int64).max)
 

@@ -14,31 +14,48 @@ Public API
     The in-process driver, returning the decoded sum and the server's view.
 :class:`FixedPointEncoder`, :class:`SecureRandom`
     Fixed-point encoding with stochastic rounding; the AES-CTR CSPRNG.
+:class:`IdentityDirectory`, :class:`IdentityKey`, :func:`make_identity_keys`
+    The PKI of long-term identity keys (malicious-server security).
+:func:`separator_size`, :func:`combine_shares_verified`
+    The surviving-graph rule and robust secret reconstruction.
 """
 
 from protocols.secagg.client import SecAggClient, ShareKind
 from protocols.secagg.config import (
+    PASSIVE_STAGES,
     PROTOCOL_STAGES,
     SecAggConfig,
     Stage,
+    consistency_quorum,
     default_neighbours,
     default_threshold,
     dropout_failure_probability,
 )
 from protocols.secagg.driver import SecureSumResult, flatten_parts, simulate_secure_sum
 from protocols.secagg.encoding import FixedPointEncoder
-from protocols.secagg.graph import neighbour_graph
+from protocols.secagg.graph import NeighbourGraph, make_graph, neighbour_graph, separator_size
 from protocols.secagg.messages import MessageType, decode_message
+from protocols.secagg.pki import IdentityDirectory, IdentityKey, make_identity_keys
 from protocols.secagg.prg import expand_mask
 from protocols.secagg.rng import SecureRandom
 from protocols.secagg.server import AggregateResult, ReceivedMessage, SecAggServer, ServerView
-from protocols.secagg.shamir import combine_shares, split_secret
+from protocols.secagg.shamir import (
+    InconsistentSharesError,
+    combine_shares,
+    combine_shares_verified,
+    split_secret,
+)
 
 __all__ = [
+    "PASSIVE_STAGES",
     "PROTOCOL_STAGES",
     "AggregateResult",
     "FixedPointEncoder",
+    "IdentityDirectory",
+    "IdentityKey",
+    "InconsistentSharesError",
     "MessageType",
+    "NeighbourGraph",
     "ReceivedMessage",
     "SecAggClient",
     "SecAggConfig",
@@ -49,13 +66,18 @@ __all__ = [
     "ShareKind",
     "Stage",
     "combine_shares",
+    "combine_shares_verified",
+    "consistency_quorum",
     "decode_message",
     "default_neighbours",
     "default_threshold",
     "dropout_failure_probability",
     "expand_mask",
     "flatten_parts",
+    "make_graph",
+    "make_identity_keys",
     "neighbour_graph",
+    "separator_size",
     "simulate_secure_sum",
     "split_secret",
 ]

@@ -7,17 +7,27 @@ in-process or over any transport::
     ad    = client.advertise_keys()          # stage ADVERTISE_KEYS
     share = client.handle(key_directory)     # stage SHARE_KEYS
     y     = client.handle(share_delivery)    # stage MASKED_INPUT
-    resp  = client.handle(unmask_request)    # stage UNMASKING
+    sig   = client.handle(consistency_req)   # stage CONSISTENCY_CHECK (active security)
+    resp  = client.handle(signed_survivors)  # stage UNMASKING (an UNMASK_REQUEST when passive)
 
 Every incoming message is fully validated (format, round, addressing, stage,
-signatures, AEAD tags, protocol rules) before anything is committed: on
-:class:`~protocols.errors.MessageError` the client's state is unchanged and the
-message may simply be dropped. :class:`~protocols.errors.ProtocolAbort` (too few
-share holders) is terminal and reveals nothing.
+authenticator tags, AEAD tags, protocol rules) before anything is committed, and
+randomness is drawn only after every check has passed: on
+:class:`~protocols.errors.MessageError` the client's state — its CSPRNG position
+included — is unchanged and the message may simply be dropped.
+:class:`~protocols.errors.ProtocolAbort` (too few share holders, or evidence
+that the server is cheating) is terminal and reveals nothing.
 
-Security rule enforced here: the client never reveals both the self-mask seed
-share and the masking-key share of the same owner (Bonawitz et al. 2017, §4),
-even across repeated unmask requests.
+Security rules enforced here:
+
+* the client never reveals both the self-mask seed share and the masking-key
+  share of the same owner (Bonawitz et al. 2017, §4), even across repeated
+  requests;
+* with ``active_security`` it signs (votes for) exactly one survivor set per
+  round, unmasks only after verifying a quorum of votes for that same set
+  (so every honest client reveals the same kind of share for each owner), and
+  refuses survivor sets that a coalition of ``t - 1`` clients could split into
+  separately learnable partial sums (:func:`~protocols.secagg.graph.separator_size`).
 """
 
 from __future__ import annotations
@@ -27,7 +37,6 @@ from collections.abc import Mapping, Sequence
 from enum import Enum
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from numpy.typing import ArrayLike, NDArray
 
@@ -38,19 +47,23 @@ from protocols.secagg.crypto import (
     aead_decrypt,
     aead_encrypt,
     associated_data,
+    auth_tag,
+    consistency_payload,
     generate_x25519,
     load_x25519,
     pairwise_mask_seed,
     share_encryption_key,
-    sign,
-    verify_signature,
+    verify_auth_tag,
     x25519_exchange,
 )
-from protocols.secagg.graph import neighbour_graph
+from protocols.secagg.graph import resolve_graph, split_reason
 from protocols.secagg.messages import (
     MESSAGE_STAGE,
     ROUND_ID_BYTES,
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencyVote,
+    ForwardedVotes,
     KeyDirectory,
     MessageType,
     ShareDelivery,
@@ -60,16 +73,23 @@ from protocols.secagg.messages import (
     peek_type,
 )
 from protocols.secagg.messages import MaskedInput as MaskedInputMessage
+from protocols.secagg.pki import IdentityDirectory, IdentityKey
 from protocols.secagg.prg import MaskExpander
 from protocols.secagg.rng import SecureRandom
 from protocols.secagg.shamir import SHARE_BYTES, share_from_bytes, share_to_bytes, split_secret
 
 __all__ = ["SecAggClient", "ShareKind"]
 
-_CLIENT_EXPECTS: dict[Stage, MessageType] = {
+_PASSIVE_EXPECTS: dict[Stage, MessageType] = {
     Stage.SHARE_KEYS: MessageType.KEY_DIRECTORY,
     Stage.MASKED_INPUT: MessageType.SHARE_DELIVERY,
     Stage.UNMASKING: MessageType.UNMASK_REQUEST,
+}
+_ACTIVE_EXPECTS: dict[Stage, MessageType] = {
+    Stage.SHARE_KEYS: MessageType.KEY_DIRECTORY,
+    Stage.MASKED_INPUT: MessageType.SHARE_DELIVERY,
+    Stage.CONSISTENCY_CHECK: MessageType.CONSISTENCY_REQUEST,
+    Stage.UNMASKING: MessageType.FORWARDED_VOTES,
 }
 
 
@@ -96,18 +116,24 @@ class SecAggClient:
         The public 16-byte round id (fresh for every round; it seeds the
         neighbour graph and is bound into every key derivation and AEAD).
     rng:
-        CSPRNG for keys, mask seeds, Shamir coefficients, nonces and stochastic
-        rounding; ``None`` draws a fresh key from the OS (secure mode).
+        The library's CSPRNG (:class:`SecureRandom`) for keys, mask seeds, Shamir
+        coefficients, nonces and stochastic rounding; ``None`` keys a fresh one
+        from the OS (secure mode). Any other type is refused.
     identity_key:
-        This client's long-term Ed25519 key; required iff
-        ``config.sign_advertisements``.
+        This client's long-term :class:`~protocols.secagg.pki.IdentityKey`;
+        required iff ``config.sign_advertisements`` (always under ``active_security``).
     identity_public_keys:
-        Client id → raw 32-byte Ed25519 public key of (at least) every
-        neighbour; required iff ``config.sign_advertisements``.
+        Client id → raw 32-byte identity public key of every client; needed when
+        advertisements are authenticated and ``config.pki`` is not set
+        (``config.pki`` wins).
     graph:
-        A precomputed :func:`~protocols.secagg.graph.neighbour_graph` for this
-        config and round id (saves work when many clients run in one process);
+        A precomputed :func:`~protocols.secagg.graph.make_graph` (or
+        :func:`~protocols.secagg.graph.neighbour_graph`) for this config, round
+        id and beacon (saves work when many clients run in one process);
         ``None`` computes it.
+    beacon:
+        The public beacon value the graph is derived from
+        (:func:`~protocols.secagg.graph.ring_order`); ``None``: the round id alone.
     """
 
     def __init__(
@@ -118,11 +144,17 @@ class SecAggClient:
         config: SecAggConfig,
         round_id: bytes,
         rng: SecureRandom | None = None,
-        identity_key: Ed25519PrivateKey | None = None,
+        identity_key: IdentityKey | None = None,
         identity_public_keys: Mapping[int, bytes] | None = None,
         graph: Sequence[frozenset[int]] | None = None,
+        beacon: bytes | None = None,
     ) -> None:
         problems = []
+        if rng is not None and not isinstance(rng, SecureRandom):
+            problems.append(
+                f"`rng` must be a SecureRandom (the library's CSPRNG) or None; got "
+                f"{type(rng).__name__}: its output would become private keys and mask seeds"
+            )
         if isinstance(client_id, bool) or not isinstance(client_id, int):
             problems.append(f"`client_id` must be an integer; got {client_id!r}")
         elif not 0 <= client_id < config.n_clients:
@@ -134,25 +166,38 @@ class SecAggClient:
             problems.append(f"`vector` must have shape ({config.vector_length},); got {arr.shape}")
         elif not np.all(np.isfinite(arr)):
             problems.append("`vector` must be finite")
-        if config.sign_advertisements and (identity_key is None or identity_public_keys is None):
+        pki = config.pki
+        if identity_key is not None and not isinstance(identity_key, IdentityKey):
             problems.append(
-                "`identity_key` and `identity_public_keys` are required when "
-                "`config.sign_advertisements` is True"
+                f"`identity_key` must be an IdentityKey; got {type(identity_key).__name__}"
             )
+        if config.sign_advertisements:
+            if identity_key is None:
+                problems.append(
+                    "`identity_key` is required when advertisements are signed "
+                    "(`config.sign_advertisements`, always on under `active_security`)"
+                )
+            if pki is None and identity_public_keys is None:
+                problems.append(
+                    "the clients' identity keys are required when advertisements are signed: "
+                    "set `config.pki` or pass `identity_public_keys`"
+                )
         if graph is not None and len(graph) != config.n_clients:
             problems.append(f"`graph` must have {config.n_clients} entries; got {len(graph)}")
         if problems:
             raise InvalidParameterError("; ".join(problems))
+        if pki is None and identity_public_keys is not None and config.sign_advertisements:
+            pki = IdentityDirectory.from_mapping(identity_public_keys, config.n_clients)
         self._id = client_id
         self._config = config
         self._round_id = round_id
         self._rng = rng if rng is not None else SecureRandom()
         self._vector = arr.copy()
         self._identity_key = identity_key
-        self._identity_public_keys = dict(identity_public_keys or {})
-        if graph is None:
-            graph = neighbour_graph(config.n_clients, config.k, round_id)
-        self._neighbours = frozenset(graph[client_id])
+        self._pki = pki
+        self._graph = resolve_graph(config.n_clients, config.k, round_id, beacon, graph)
+        self._neighbours = frozenset(self._graph[client_id])
+        self._expects = _ACTIVE_EXPECTS if config.active_security else _PASSIVE_EXPECTS
         self._stage = Stage.ADVERTISE_KEYS
         # Secrets (never logged or repr'd).
         self._c_sk = b""
@@ -167,6 +212,10 @@ class SecAggClient:
         self._held: dict[int, tuple[int, int]] = {}
         self._mask_peers: frozenset[int] = frozenset()
         self._revealed: dict[int, ShareKind] = {}
+        # Consistency check: the one survivor set this client voted for.
+        self._signed_request: ConsistencyRequest | None = None
+        self._signed_payload = b""
+        self._vote = b""
 
     def __repr__(self) -> str:
         return f"SecAggClient(client_id={self._id}, stage={self._stage.value!r})"
@@ -196,6 +245,9 @@ class SecAggClient:
     def advertise_keys(self) -> bytes:
         """Stage 0: generate the two X25519 key pairs and advertise the public keys.
 
+        With authenticated advertisements the message carries one tag per
+        neighbour, under the pairwise key from the PKI.
+
         Returns
         -------
         bytes
@@ -204,13 +256,21 @@ class SecAggClient:
         self._require_stage(Stage.ADVERTISE_KEYS, "advertise_keys()")
         c_sk, c_pk = generate_x25519(self._rng)
         s_sk, s_pk = generate_x25519(self._rng)
-        signature = b""
+        tags: tuple[tuple[int, bytes], ...] = ()
         if self._config.sign_advertisements:
-            assert self._identity_key is not None
-            signature = sign(
-                self._identity_key, advertisement_payload(self._round_id, self._id, c_pk, s_pk)
+            tags = tuple(
+                (
+                    v,
+                    auth_tag(
+                        self._pairwise(v),
+                        advertisement_payload(self._round_id, self._id, v, c_pk, s_pk),
+                        self._id,
+                        v,
+                    ),
+                )
+                for v in sorted(self._neighbours)
             )
-        msg = AdvertiseKeys(self._round_id, self._id, c_pk, s_pk, signature).to_bytes()
+        msg = AdvertiseKeys(self._round_id, self._id, c_pk, s_pk, tags).to_bytes()
         self._c_sk, self._c_pk, self._s_sk, self._s_pk = c_sk, c_pk, s_sk, s_pk
         self._c_key, self._s_key = load_x25519(c_sk), load_x25519(s_sk)
         self._stage = Stage.SHARE_KEYS
@@ -232,6 +292,10 @@ class SecAggClient:
             return self.share_keys(message)
         if msg_type is MessageType.SHARE_DELIVERY:
             return self.masked_input(message)
+        if msg_type is MessageType.CONSISTENCY_REQUEST:
+            return self.consistency_check(message)
+        if msg_type is MessageType.FORWARDED_VOTES:
+            return self.unmask_signed(message)
         return self.unmask(message)
 
     def share_keys(self, message: bytes) -> bytes:
@@ -260,15 +324,21 @@ class SecAggClient:
                     "which is not a neighbour"
                 )
             if self._config.sign_advertisements:
-                pk = self._identity_public_keys.get(ad.sender)
-                if pk is None:
-                    raise MessageError(f"no identity key known for client {ad.sender}")
-                verify_signature(
-                    pk,
+                tag = ad.tag_for(self._id)
+                if tag is None:
+                    raise MessageError(
+                        f"client {self._id}: the advertisement of client {ad.sender} carries "
+                        "no tag for it (unauthenticated keys are refused)"
+                    )
+                verify_auth_tag(
+                    self._pairwise(ad.sender),
                     advertisement_payload(
-                        self._round_id, ad.sender, ad.encryption_key, ad.masking_key
+                        self._round_id, ad.sender, self._id, ad.encryption_key, ad.masking_key
                     ),
-                    ad.signature,
+                    ad.sender,
+                    self._id,
+                    tag,
+                    f"the key advertisement of client {ad.sender}",
                 )
             for key in (ad.encryption_key, ad.masking_key):
                 if key in seen_keys:
@@ -285,18 +355,23 @@ class SecAggClient:
                 f"{len(holders)} of client {self._id}'s {self._config.k + 1} share holders "
                 f"survived (itself included); threshold {t}",
             )
+        # Every key agreement can still fail: do them all before drawing anything.
+        channel_keys = {
+            peer: share_encryption_key(
+                x25519_exchange(self._loaded(self._c_key), ads[peer].encryption_key),
+                self._round_id,
+                self._id,
+                peer,
+            )
+            for peer in holders[1:]
+        }
         # Validation done: draw randomness and build the reply.
         mask_seed = self._rng.bytes(32)
         seed_shares = split_secret(mask_seed, threshold=t, holder_ids=holders, rng=self._rng)
         key_shares = split_secret(self._s_sk, threshold=t, holder_ids=holders, rng=self._rng)
         ciphertexts = []
         for peer in holders[1:]:
-            key = share_encryption_key(
-                x25519_exchange(self._loaded(self._c_key), ads[peer].encryption_key),
-                self._round_id,
-                self._id,
-                peer,
-            )
+            key = channel_keys[peer]
             plaintext = (
                 struct.pack(">II", self._id, peer)
                 + share_to_bytes(seed_shares[peer])
@@ -376,8 +451,170 @@ class SecAggClient:
         held[self._id] = self._own_shares
         self._held = held
         self._mask_peers = frozenset(pair_seeds)
+        self._stage = Stage.CONSISTENCY_CHECK if self._config.active_security else Stage.UNMASKING
+        return reply
+
+    def consistency_check(self, message: bytes) -> bytes:
+        """Stage 3 (active security): check the survivor sets and sign them.
+
+        The client checks that the sets are possible from where it stands — it
+        is a survivor, every neighbour whose shares it holds is in ``U2`` and
+        every neighbour in ``U2`` delivered its shares (so the pairwise masks the
+        server will face are exactly the edges of the public graph among ``U3``),
+        enough of its share holders and enough signers for the quorum survived,
+        and no ``t - 1`` survivors can split the survivors' graph into separately
+        learnable partial sums — then signs them: one authenticator tag, under the
+        pairwise key from the PKI, for every other survivor. It signs one
+        survivor set per round: the identical request is answered again, any
+        other is refused.
+
+        Parameters
+        ----------
+        message:
+            A ``CONSISTENCY_REQUEST`` message.
+
+        Returns
+        -------
+        bytes
+            A ``CONSISTENCY_VOTE`` message: one tag for every other survivor.
+
+        Raises
+        ------
+        MessageError
+            Malformed, misaddressed, or a second, different survivor set.
+        ProtocolAbort
+            The sets are impossible or unsafe (the client reveals nothing).
+        """
+        self._check_incoming(message, MessageType.CONSISTENCY_REQUEST)
+        request = ConsistencyRequest.from_bytes(message)
+        self._check_addressing(request.round_id, request.receiver)
+        if self._signed_request is not None:
+            if request != self._signed_request:
+                raise MessageError(
+                    f"client {self._id} refuses to sign a second, different survivor set: "
+                    "it signs one set per round"
+                )
+            return self._vote
+        cfg = self._config
+        stage = Stage.CONSISTENCY_CHECK
+        if request.n_clients != cfg.n_clients:
+            raise MessageError(
+                f"client {self._id}: the survivor sets cover {request.n_clients} clients; "
+                f"the round has {cfg.n_clients}"
+            )
+        shared, survivors = frozenset(request.shared), frozenset(request.survivors)
+        if self._id not in survivors:
+            self._abort(
+                stage,
+                f"client {self._id} sent its masked input but the server lists it as dropped",
+            )
+        holders = set(self._held) - {self._id}
+        expected = self._neighbours & shared
+        if holders != expected:
+            self._abort(
+                stage,
+                f"client {self._id}'s neighbours in U2 are {sorted(expected)}, but it holds "
+                f"shares from {sorted(holders)}: the server withheld or invented shares",
+            )
+        owners_alive = len((holders | {self._id}) & survivors)
+        if owners_alive < cfg.t:
+            self._abort(
+                stage,
+                f"{owners_alive} of client {self._id}'s share holders survived; threshold {cfg.t}",
+            )
+        if len(survivors) < cfg.quorum:
+            self._abort(
+                stage,
+                f"only {len(survivors)} survivors; the quorum of {cfg.quorum} votes "
+                "for one survivor set can never be reached",
+            )
+        self._check_graph(stage, survivors)
+        shared_bits, survivor_bits = request.bitmaps()
+        payload = consistency_payload(self._round_id, cfg.n_clients, shared_bits, survivor_bits)
+        tags = tuple(
+            (w, auth_tag(self._pairwise(w), payload, self._id, w))
+            for w in request.survivors
+            if w != self._id
+        )
+        reply = ConsistencyVote(self._round_id, self._id, tags).to_bytes()
+        self._signed_request = request
+        self._signed_payload = payload
+        self._vote = reply
         self._stage = Stage.UNMASKING
         return reply
+
+    def unmask_signed(self, message: bytes) -> bytes:
+        """Stage 4 (active security): verify the quorum of votes, then unmask.
+
+        A forwarded vote counts if its tag verifies, under the key this client
+        shares with the voter, over the survivor sets *this* client voted for and
+        the voter is a survivor of those sets; together with this client there
+        must be at least ``config.quorum`` of them (a vote that does not verify —
+        cast for another set, or forged — simply does not count). Then the client
+        reveals the self-mask seed shares of its owners in ``U3`` and the
+        masking-key shares of its owners in ``U2 \\ U3``, both read from the sets
+        it voted for (nothing the server says at this stage can change them).
+
+        Parameters
+        ----------
+        message:
+            A ``FORWARDED_VOTES`` message.
+
+        Returns
+        -------
+        bytes
+            An ``UNMASK_RESPONSE`` message.
+
+        Raises
+        ------
+        ProtocolAbort
+            Too few or invalid votes: the server showed different survivor sets
+            to different clients, or cannot prove it did not.
+        """
+        self._check_incoming(message, MessageType.FORWARDED_VOTES)
+        bundle = ForwardedVotes.from_bytes(message)
+        self._check_addressing(bundle.round_id, bundle.receiver)
+        request = self._signed_request
+        assert request is not None
+        survivors = frozenset(request.survivors)
+        stage = Stage.UNMASKING
+        valid = 0
+        invalid: list[int] = []
+        for voter, tag in bundle.tags:
+            if voter not in survivors:
+                invalid.append(voter)  # not a survivor of this set: never counts
+                continue
+            try:
+                verify_auth_tag(
+                    self._pairwise(voter),
+                    self._signed_payload,
+                    voter,
+                    self._id,
+                    tag,
+                    f"the survivor set (voter {voter})",
+                )
+            except MessageError:
+                invalid.append(voter)  # a vote for another set, or forged: never counts
+                continue
+            valid += 1
+        if valid + 1 < self._config.quorum:
+            detail = (
+                f"; the votes of clients {invalid[:10]} do not verify over the survivor set "
+                "this client signed (the server showed different survivor sets to different "
+                "clients, or forged votes)"
+                if invalid
+                else ""
+            )
+            self._abort(
+                stage,
+                f"client {self._id} has {valid + 1} votes (its own included) for the survivor "
+                f"set it signed; the quorum is {self._config.quorum}; refusing to unmask" + detail,
+            )
+        owners = sorted(self._held)
+        seed_owners = tuple(o for o in owners if o in survivors)
+        key_owners = tuple(o for o in owners if o not in survivors)
+        self._check_never_both(seed_owners, key_owners)
+        return self._respond(seed_owners, key_owners)
 
     def unmask(self, message: bytes) -> bytes:
         """Stage 3: reveal survivors' self-mask shares and dropped clients' key shares.
@@ -414,32 +651,75 @@ class SecAggClient:
                 f"client {self._id}: unmask request must list exactly the owners of its "
                 f"shares {sorted(cover)}; unknown {unknown}, missing {missing}"
             )
-        for owner in sorted(cover):
-            kind = ShareKind.MASK_SEED if owner in survivors else ShareKind.MASKING_KEY
-            previous = self._revealed.get(owner)
-            if previous is not None and previous is not kind:
-                raise MessageError(
-                    f"client {self._id} refuses to reveal the {kind.value} share of client "
-                    f"{owner}: it already revealed its {previous.value} share, and both "
-                    "together would unmask that client's input"
-                )
+        self._check_never_both(tuple(sorted(survivors)), tuple(sorted(dropped)))
         t = self._config.t
         if len(survivors) < t:
             self._abort(
                 Stage.UNMASKING,
                 f"{len(survivors)} of client {self._id}'s share holders survived; threshold {t}",
             )
+        return self._respond(tuple(sorted(survivors)), tuple(sorted(dropped)))
+
+    def _check_never_both(self, seed_owners: Sequence[int], key_owners: Sequence[int]) -> None:
+        for owners, kind in (
+            (seed_owners, ShareKind.MASK_SEED),
+            (key_owners, ShareKind.MASKING_KEY),
+        ):
+            for owner in owners:
+                previous = self._revealed.get(owner)
+                if previous is not None and previous is not kind:
+                    raise MessageError(
+                        f"client {self._id} refuses to reveal the {kind.value} share of client "
+                        f"{owner}: it already revealed its {previous.value} share, and both "
+                        "together would unmask that client's input"
+                    )
+
+    def _respond(self, seed_owners: Sequence[int], key_owners: Sequence[int]) -> bytes:
         reply = UnmaskResponse(
             self._round_id,
             self._id,
-            tuple((o, self._held[o][0]) for o in sorted(survivors)),
-            tuple((o, self._held[o][1]) for o in sorted(dropped)),
+            tuple((o, self._held[o][0]) for o in seed_owners),
+            tuple((o, self._held[o][1]) for o in key_owners),
         ).to_bytes()
-        for owner in survivors:
+        for owner in seed_owners:
             self._revealed[owner] = ShareKind.MASK_SEED
-        for owner in dropped:
+        for owner in key_owners:
             self._revealed[owner] = ShareKind.MASKING_KEY
         return reply
+
+    def _pairwise(self, peer: int) -> bytes:
+        """The long-term key shared with ``peer`` (from the PKI)."""
+        assert self._identity_key is not None and self._pki is not None
+        return self._identity_key.pairwise_key(self._pki.public_key(peer))
+
+    def _check_graph(self, stage: Stage, survivors: frozenset[int]) -> None:
+        size = self._graph.separator_size(survivors)
+        t = self._config.t
+        if size is not None and size < t:
+            self._abort(
+                stage, f"client {self._id} refuses the survivor set: " + split_reason(size, t)
+            )
+
+    def _state(self) -> tuple[object, ...]:
+        """Everything that can change during the round (secrets included): for tests
+        that check a rejected message leaves the client byte-for-byte unchanged."""
+        return (
+            self._stage,
+            self._rng.bytes_drawn,
+            self._c_sk,
+            self._c_pk,
+            self._s_sk,
+            self._s_pk,
+            tuple(sorted((k, v.to_bytes()) for k, v in self._directory.items())),
+            self._own_shares,
+            self._mask_seed,
+            tuple(sorted(self._held.items())),
+            self._mask_peers,
+            tuple(sorted(self._revealed.items())),
+            self._signed_request,
+            self._signed_payload,
+            self._vote,
+        )
 
     # ----------------------------------------------------------------- helpers
 
@@ -479,9 +759,15 @@ class SecAggClient:
         msg_type = peek_type(message)
         if self._stage is Stage.ABORTED:
             raise ProtocolAbort(self._stage.value, f"client {self._id} has already aborted")
-        want = _CLIENT_EXPECTS.get(self._stage)
+        want = self._expects.get(self._stage)
         if expected is not None and msg_type is not expected:
             raise MessageError(f"expected a {expected.name} message; got {msg_type.name}")
+        if (
+            msg_type is MessageType.CONSISTENCY_REQUEST
+            and self._stage is Stage.UNMASKING
+            and self._signed_request is not None
+        ):
+            return msg_type  # a repeated request: answered again if identical
         if msg_type is not want:
             expecting = f"a {want.name} message" if want else "no message (call advertise_keys())"
             raise MessageError(

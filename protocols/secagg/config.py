@@ -14,13 +14,16 @@ from typing import Final
 
 from protocols.errors import InvalidParameterError
 from protocols.secagg.encoding import FixedPointEncoder
+from protocols.secagg.pki import IdentityDirectory
 
 __all__ = [
     "MAX_CLIENTS",
     "MAX_VECTOR_LENGTH",
+    "PASSIVE_STAGES",
     "PROTOCOL_STAGES",
     "SecAggConfig",
     "Stage",
+    "consistency_quorum",
     "default_neighbours",
     "default_threshold",
     "dropout_failure_probability",
@@ -35,14 +38,17 @@ MAX_VECTOR_LENGTH: Final = (1 << 32) - 1
 class Stage(str, Enum):
     """The stages of one secure-aggregation round, in order.
 
-    ``ADVERTISE_KEYS`` → ``SHARE_KEYS`` → ``MASKED_INPUT`` → ``UNMASKING`` are the
-    four protocol stages (Bonawitz et al. 2017, rounds 0–3). ``DONE`` and
-    ``ABORTED`` are terminal states of the state machines.
+    ``ADVERTISE_KEYS`` → ``SHARE_KEYS`` → ``MASKED_INPUT`` → ``CONSISTENCY_CHECK``
+    → ``UNMASKING`` are the protocol stages of Bonawitz et al. 2017, rounds 0–4
+    (the consistency check exists only with ``active_security``, the
+    malicious-server variant of §4). ``DONE`` and ``ABORTED`` are terminal states
+    of the state machines.
     """
 
     ADVERTISE_KEYS = "advertise_keys"
     SHARE_KEYS = "share_keys"
     MASKED_INPUT = "masked_input"
+    CONSISTENCY_CHECK = "consistency_check"
     UNMASKING = "unmasking"
     DONE = "done"
     ABORTED = "aborted"
@@ -53,10 +59,28 @@ class Stage(str, Enum):
         return _STAGE_CODES[self]
 
 
-_STAGE_CODES: Final[dict[Stage, int]] = {stage: i for i, stage in enumerate(Stage)}
+# Explicit codes: the codes of the first version never change (the consistency
+# check, added later, takes the next free one).
+_STAGE_CODES: Final[dict[Stage, int]] = {
+    Stage.ADVERTISE_KEYS: 0,
+    Stage.SHARE_KEYS: 1,
+    Stage.MASKED_INPUT: 2,
+    Stage.UNMASKING: 3,
+    Stage.DONE: 4,
+    Stage.ABORTED: 5,
+    Stage.CONSISTENCY_CHECK: 6,
+}
 
-#: The four stages at which a client can drop out, in protocol order.
+#: Every stage at which a client can drop out, in protocol order (active security).
 PROTOCOL_STAGES: Final = (
+    Stage.ADVERTISE_KEYS,
+    Stage.SHARE_KEYS,
+    Stage.MASKED_INPUT,
+    Stage.CONSISTENCY_CHECK,
+    Stage.UNMASKING,
+)
+#: The stages of the honest-but-curious variant (``active_security=False``).
+PASSIVE_STAGES: Final = (
     Stage.ADVERTISE_KEYS,
     Stage.SHARE_KEYS,
     Stage.MASKED_INPUT,
@@ -181,6 +205,38 @@ def default_neighbours(
     return n_clients - 1
 
 
+def consistency_quorum(n_clients: int, threshold: int) -> int:
+    """Signatures over one survivor set that a client needs before it unmasks.
+
+    Honest clients sign one survivor set per round; up to ``threshold - 1``
+    colluding clients may sign several. Two different sets each signed by ``q``
+    of the ``n`` registered clients share at least ``2q - n`` signers, all of
+    whom would have to be colluders; ``q = floor((n + t - 1) / 2) + 1`` makes
+    ``2q - n >= t``, so at most one survivor set can ever gather a quorum and
+    every honest client that unmasks uses the same one.
+
+    Parameters
+    ----------
+    n_clients:
+        Registered clients ``n``.
+    threshold:
+        Shamir threshold ``t`` (the collusion bound is ``t - 1``).
+
+    Returns
+    -------
+    int
+        ``floor((n + t - 1) / 2) + 1`` (at least ``t``).
+
+    Examples
+    --------
+    >>> consistency_quorum(100, 18)
+    59
+    >>> consistency_quorum(10, 6)
+    8
+    """
+    return max(threshold, (n_clients + threshold - 1) // 2 + 1)
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -217,17 +273,35 @@ class SecAggConfig:
         Fixed-point precision ``q`` in ``[1, 32]``: each coordinate is encoded
         as an integer in ``[0, 2**q - 1]``.
     sign_advertisements:
-        Malicious-server hardening: clients sign their key advertisements with
-        a long-term Ed25519 identity key and verify their neighbours'.
+        Clients authenticate their key advertisements to their neighbours with
+        tags under pairwise keys from their long-term identity keys (the PKI), and
+        verify their neighbours' (stops key substitution by the server).
+        ``None`` (default) follows ``active_security``; ``False`` together with
+        ``active_security=True`` is refused.
     max_dropout_rate:
         Design dropout rate used only to choose the default ``neighbours``;
         in ``[0, 1)``.
+    active_security:
+        The malicious-server variant (Bonawitz et al. 2017, §4, carried over to
+        the SecAgg+ graph): signed advertisements, the consistency-check stage
+        (every client signs the survivor set it was given and unmasks only after
+        verifying :func:`consistency_quorum` signatures over that same set), and
+        the surviving-graph rule (no set of ``t - 1`` clients may split the
+        survivors' graph). ``False`` is the honest-but-curious protocol: cheaper
+        and more tolerant of dropouts, but a malicious server can then learn
+        individual inputs (``docs/secagg.md``, threat model).
+    pki:
+        The identity keys of all ``n`` clients (an :class:`IdentityDirectory`);
+        needed whenever advertisements are signed, here or as the clients' and
+        server's ``identity_public_keys``.
 
     Examples
     --------
     >>> cfg = SecAggConfig(n_clients=10, vector_length=4)
-    >>> (cfg.neighbours, cfg.threshold, cfg.modulus_bits)
-    (9, 6, 20)
+    >>> (cfg.neighbours, cfg.threshold, cfg.modulus_bits, cfg.quorum)
+    (9, 6, 20, 8)
+    >>> [s.value for s in cfg.stages][3:]
+    ['consistency_check', 'unmasking']
     >>> SecAggConfig(n_clients=10, vector_length=4, threshold=1)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
@@ -240,8 +314,10 @@ class SecAggConfig:
     threshold: int | None = None
     clip_range: float = 1.0
     precision_bits: int = 16
-    sign_advertisements: bool = False
+    sign_advertisements: bool | None = None
     max_dropout_rate: float = 0.1
+    active_security: bool = True
+    pki: IdentityDirectory | None = None
     _encoder: FixedPointEncoder = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -263,10 +339,27 @@ class SecAggConfig:
             problems.append(f"`clip_range` must be a finite number > 0; got {self.clip_range!r}")
         if not _is_int(self.precision_bits) or not 1 <= self.precision_bits <= 32:
             problems.append(f"`precision_bits` must be in [1, 32]; got {self.precision_bits!r}")
-        if not isinstance(self.sign_advertisements, bool):
+        if not isinstance(self.active_security, bool):
+            problems.append(f"`active_security` must be a bool; got {self.active_security!r}")
+        sign = self.sign_advertisements
+        if sign is None:
+            sign = bool(self.active_security)
+        if not isinstance(sign, bool):
+            problems.append(f"`sign_advertisements` must be a bool or None; got {sign!r}")
+        elif self.active_security is True and not sign:
             problems.append(
-                f"`sign_advertisements` must be a bool; got {self.sign_advertisements!r}"
+                "`sign_advertisements` must not be False with `active_security=True`: "
+                "a malicious server could otherwise substitute the clients' public keys"
             )
+        if self.pki is not None:
+            if not isinstance(self.pki, IdentityDirectory):
+                problems.append(
+                    f"`pki` must be an IdentityDirectory; got {type(self.pki).__name__}"
+                )
+            elif _is_int(n) and len(self.pki) != n:
+                problems.append(
+                    f"`pki` must hold the identity keys of all {n} clients; got {len(self.pki)}"
+                )
         if (
             isinstance(self.max_dropout_rate, bool)
             or not isinstance(self.max_dropout_rate, (int, float))
@@ -302,6 +395,7 @@ class SecAggConfig:
             raise InvalidParameterError("invalid SecAggConfig: " + "; ".join(problems))
         object.__setattr__(self, "neighbours", k)
         object.__setattr__(self, "threshold", t)
+        object.__setattr__(self, "sign_advertisements", sign)
         object.__setattr__(
             self,
             "_encoder",
@@ -323,6 +417,17 @@ class SecAggConfig:
         """The resolved reconstruction threshold."""
         assert self.threshold is not None
         return self.threshold
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The protocol stages of this config, in order."""
+        return PROTOCOL_STAGES if self.active_security else PASSIVE_STAGES
+
+    @property
+    def quorum(self) -> int:
+        """Signatures over one survivor set a client needs before unmasking
+        (:func:`consistency_quorum`; only used with ``active_security``)."""
+        return consistency_quorum(self.n_clients, self.t)
 
     @property
     def is_plain_secagg(self) -> bool:

@@ -8,20 +8,21 @@ decoded sum together with the server's view, byte counts and timings.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from numpy.typing import ArrayLike, NDArray
 
 from protocols.errors import InvalidParameterError, ProtocolAbort
 from protocols.secagg.client import SecAggClient
-from protocols.secagg.config import PROTOCOL_STAGES, SecAggConfig, Stage
-from protocols.secagg.graph import neighbour_graph
+from protocols.secagg.config import SecAggConfig, Stage
+from protocols.secagg.graph import make_graph
 from protocols.secagg.messages import ROUND_ID_BYTES
+from protocols.secagg.pki import IdentityDirectory, IdentityKey
 from protocols.secagg.rng import SecureRandom
 from protocols.secagg.server import SecAggServer, ServerView
 
@@ -58,7 +59,13 @@ class SecureSumResult:
         Per-coordinate bound on ``|sum - exact sum of clipped inputs|``:
         ``len(survivors) * step``.
     config:
-        The parameters used.
+        The parameters used (with the PKI the driver made at setup, if any).
+    client_stage_seconds:
+        Stage → wall seconds all clients together spent handling that stage's
+        message (key generation for ``advertise_keys``).
+    server_stage_seconds:
+        Stage → wall seconds the server spent receiving that stage's messages and
+        closing the stage (setup is in ``advertise_keys``).
     """
 
     sum: NDArray[np.float64] = field(repr=False)
@@ -72,6 +79,8 @@ class SecureSumResult:
     aborted_clients: Mapping[int, str]
     error_bound: float
     config: SecAggConfig
+    client_stage_seconds: Mapping[Stage, float] = field(default_factory=dict, repr=False)
+    server_stage_seconds: Mapping[Stage, float] = field(default_factory=dict, repr=False)
 
 
 def flatten_parts(value: ClientInput) -> tuple[NDArray[np.float64], tuple[tuple[int, ...], ...]]:
@@ -121,6 +130,8 @@ def simulate_secure_sum(
     dropouts: Mapping[Stage | str, Collection[int]] | None = None,
     seed: int | None = None,
     round_id: bytes | None = None,
+    identity_keys: Sequence[IdentityKey] | None = None,
+    beacon: bytes | None = None,
 ) -> SecureSumResult:
     """Securely sum one vector per client in one simulated SecAgg(+) round.
 
@@ -137,13 +148,23 @@ def simulate_secure_sum(
     dropouts:
         Stage → ids of clients that drop out *at* that stage (they send nothing
         from then on). Stages: ``advertise_keys``, ``share_keys``,
-        ``masked_input``, ``unmasking``.
+        ``masked_input``, ``consistency_check`` (active security only),
+        ``unmasking``.
     seed:
-        ``None`` (secure: every client's CSPRNG is keyed from the OS) or an
-        integer that makes the run reproducible (keys, masks, rounding: for
-        tests and simulations only).
+        ``None`` (secure: every client's CSPRNG, the identity keys, the round id
+        and the beacon come from the OS) or an integer that makes the run
+        reproducible (keys, masks, rounding: for tests and simulations only;
+        anyone who knows the seed can unmask every input).
     round_id:
         Public 16-byte round id; ``None`` derives it from ``seed`` or draws it.
+    identity_keys:
+        The clients' long-term :class:`IdentityKey` (entry ``i`` for client ``i``),
+        when advertisements are authenticated; ``None`` makes them at setup (from
+        the OS, or from ``seed``). ``config.pki``, if set, must hold their public keys.
+    beacon:
+        The public beacon value the graph is derived from; ``None`` stands in a
+        fresh random value for the beacon in secure mode (``seed=None``) and
+        derives the graph from the round id alone when ``seed`` is given.
 
     Returns
     -------
@@ -190,22 +211,37 @@ def simulate_secure_sum(
             f"`config` is for {config.n_clients} clients of length {config.vector_length}; "
             f"got {n} inputs of length {d}"
         )
-    drop = _validate_dropouts(dropouts, n)
     master = SecureRandom.from_seed(seed, b"driver") if seed is not None else None
     if round_id is None:
         round_id = (
             master.bytes(ROUND_ID_BYTES) if master is not None else os.urandom(ROUND_ID_BYTES)
         )
 
-    identity_keys: dict[int, Ed25519PrivateKey] = {}
-    identity_public: dict[int, bytes] = {}
-    if config.sign_advertisements:
-        for i in range(n):
-            raw = master.bytes(32) if master is not None else os.urandom(32)
-            identity_keys[i] = Ed25519PrivateKey.from_private_bytes(raw)
-            identity_public[i] = identity_keys[i].public_key().public_bytes_raw()
+    if beacon is None and seed is None:
+        beacon = os.urandom(32)  # stands in for the public randomness beacon
 
-    graph = neighbour_graph(n, config.k, round_id)
+    # Setup: the PKI (a key directory the config names).
+    private: Sequence[IdentityKey] = ()
+    if config.sign_advertisements:
+        if identity_keys is not None:
+            if len(identity_keys) != n:
+                raise InvalidParameterError(
+                    f"`identity_keys` must hold one key per client ({n}); got {len(identity_keys)}"
+                )
+            private = tuple(identity_keys)
+        else:
+            rng = master if master is not None else SecureRandom()
+            private = tuple(IdentityKey.generate(rng) for _ in range(n))
+        directory = IdentityDirectory(tuple(k.public_key for k in private))
+        if config.pki is None:
+            config = dataclasses.replace(config, pki=directory)
+        elif config.pki != directory:
+            raise InvalidParameterError(
+                "`config.pki` does not hold the public keys of `identity_keys`"
+            )
+    drop = _validate_dropouts(dropouts, n, config)
+
+    graph = make_graph(n, config.k, round_id, beacon)
     client_seconds = dict.fromkeys(range(n), 0.0)
     bytes_sent = dict.fromkeys(range(n), 0)
     bytes_received = dict.fromkeys(range(n), 0)
@@ -221,32 +257,31 @@ def simulate_secure_sum(
             rng=SecureRandom.from_seed(seed, b"client", i.to_bytes(4, "big"))
             if seed is not None
             else None,
-            identity_key=identity_keys.get(i),
-            identity_public_keys=identity_public or None,
+            identity_key=private[i] if private else None,
             graph=graph,
+            beacon=beacon,
         )
         client_seconds[i] += time.perf_counter() - start
     start = time.perf_counter()
-    server = SecAggServer(
-        config=config,
-        round_id=round_id,
-        identity_public_keys=identity_public or None,
-        graph=graph,
-    )
+    server = SecAggServer(config=config, round_id=round_id, graph=graph, beacon=beacon)
     server_seconds = time.perf_counter() - start
     active = set(range(n))
     outgoing: dict[int, bytes] = {}
+    client_stage = dict.fromkeys(config.stages, 0.0)
+    server_stage = dict.fromkeys(config.stages, 0.0)
+    server_stage[Stage.ADVERTISE_KEYS] = server_seconds
 
-    for stage in PROTOCOL_STAGES:
+    for stage in config.stages:
         active -= drop.get(stage, set())
+        replies = {}
         if stage is Stage.ADVERTISE_KEYS:
-            replies = {}
             for i in sorted(active):
                 start = time.perf_counter()
                 replies[i] = clients[i].advertise_keys()
-                client_seconds[i] += time.perf_counter() - start
+                spent = time.perf_counter() - start
+                client_seconds[i] += spent
+                client_stage[stage] += spent
         else:
-            replies = {}
             for i in sorted(active & set(outgoing)):
                 bytes_received[i] += len(outgoing[i])
                 start = time.perf_counter()
@@ -255,16 +290,18 @@ def simulate_secure_sum(
                 except ProtocolAbort as exc:
                     aborted[i] = str(exc)
                 finally:
-                    client_seconds[i] += time.perf_counter() - start
+                    spent = time.perf_counter() - start
+                    client_seconds[i] += spent
+                    client_stage[stage] += spent
             active &= set(replies)
+        start = time.perf_counter()
         for i, data in replies.items():
             bytes_sent[i] += len(data)
-            start = time.perf_counter()
             server.receive(data)
-            server_seconds += time.perf_counter() - start
-        start = time.perf_counter()
         outgoing = server.advance()
-        server_seconds += time.perf_counter() - start
+        spent = time.perf_counter() - start
+        server_seconds += spent
+        server_stage[stage] += spent
 
     result = server.result()
     return SecureSumResult(
@@ -279,21 +316,28 @@ def simulate_secure_sum(
         aborted_clients=aborted,
         error_bound=config.encoder.error_bound(len(result.survivors)),
         config=config,
+        client_stage_seconds=client_stage,
+        server_stage_seconds=server_stage,
     )
 
 
 def _validate_dropouts(
-    dropouts: Mapping[Stage | str, Collection[int]] | None, n: int
+    dropouts: Mapping[Stage | str, Collection[int]] | None, n: int, config: SecAggConfig
 ) -> dict[Stage, set[int]]:
     out: dict[Stage, set[int]] = {}
     if not dropouts:
         return out
-    valid = {s.value for s in PROTOCOL_STAGES}
+    valid = {s.value for s in config.stages}
     for key, ids in dropouts.items():
         value = key.value if isinstance(key, Stage) else key
         if value not in valid:
+            hint = (
+                " (the consistency check exists only with `active_security`)"
+                if value == Stage.CONSISTENCY_CHECK.value
+                else ""
+            )
             raise InvalidParameterError(
-                f"`dropouts` keys must be stages {sorted(valid)}; got {key!r}"
+                f"`dropouts` keys must be stages {sorted(valid)}; got {key!r}{hint}"
             )
         bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
         if bad:

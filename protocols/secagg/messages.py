@@ -11,13 +11,19 @@ Every message is ``header || body``. The 30-byte header (big-endian)::
 
 Bodies (all counts and lengths explicit; id lists strictly increasing)::
 
-    ADVERTISE_KEYS   c_pk[32] s_pk[32] sig_len:u16 sig[sig_len ∈ {0, 64}]
+    ADVERTISE_KEYS   c_pk[32] s_pk[32] count:u16 { receiver:u32 tag[32] } * count
     KEY_DIRECTORY    count:u32 { len:u32 advertise_keys_message[len] } * count
     SHARE_KEYS       count:u32 { receiver:u32 len:u32 ciphertext[len] } * count
     SHARE_DELIVERY   count:u32 { sender:u32   len:u32 ciphertext[len] } * count
     MASKED_INPUT     modulus_bits:u8 word_bytes:u8 length:u32 words[length*word_bytes] (LE)
     UNMASK_REQUEST   n:u32 survivor:u32 * n  m:u32 dropped:u32 * m
     UNMASK_RESPONSE  n:u32 {owner:u32 share[33]} * n  m:u32 {owner:u32 share[33]} * m
+    CONSISTENCY_REQUEST  n:u32 shared[ceil(n/8)] survivors[ceil(n/8)]   (bitmaps)
+    CONSISTENCY_VOTE     count:u32 { receiver:u32 tag[32] } * count
+    FORWARDED_VOTES      count:u32 { voter:u32 tag[32] } * count
+
+Bitmaps hold client ``i`` in bit ``i % 8`` (least significant first) of byte
+``i // 8``; the padding bits of the last byte are zero.
 
 Decoding validates every length and field and raises
 :class:`~protocols.errors.MessageError` with the reason; it never raises
@@ -37,12 +43,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from protocols.errors import MessageError
-from protocols.secagg.config import Stage
+from protocols.secagg.config import MAX_CLIENTS, Stage
 from protocols.secagg.crypto import (
     AEAD_NONCE_BYTES,
     AEAD_TAG_BYTES,
+    AUTH_TAG_BYTES,
     PUBLIC_KEY_BYTES,
-    SIGNATURE_BYTES,
+    x25519_key_problem,
 )
 from protocols.secagg.encoding import word_dtype
 from protocols.secagg.shamir import SHARE_BYTES, share_from_bytes, share_to_bytes
@@ -56,6 +63,9 @@ __all__ = [
     "SHARE_PLAINTEXT_BYTES",
     "VERSION",
     "AdvertiseKeys",
+    "ConsistencyRequest",
+    "ConsistencyVote",
+    "ForwardedVotes",
     "KeyDirectory",
     "MaskedInput",
     "Message",
@@ -64,7 +74,9 @@ __all__ = [
     "ShareKeys",
     "UnmaskRequest",
     "UnmaskResponse",
+    "bitmap_to_ids",
     "decode_message",
+    "ids_to_bitmap",
     "peek_type",
 ]
 
@@ -88,6 +100,9 @@ class MessageType(IntEnum):
     MASKED_INPUT = 5
     UNMASK_REQUEST = 6
     UNMASK_RESPONSE = 7
+    CONSISTENCY_REQUEST = 8
+    CONSISTENCY_VOTE = 9
+    FORWARDED_VOTES = 10
 
 
 #: The stage at which a message of each type is consumed by its receiver.
@@ -99,7 +114,21 @@ MESSAGE_STAGE: Final[dict[MessageType, Stage]] = {
     MessageType.MASKED_INPUT: Stage.MASKED_INPUT,
     MessageType.UNMASK_REQUEST: Stage.UNMASKING,
     MessageType.UNMASK_RESPONSE: Stage.UNMASKING,
+    MessageType.CONSISTENCY_REQUEST: Stage.CONSISTENCY_CHECK,
+    MessageType.CONSISTENCY_VOTE: Stage.CONSISTENCY_CHECK,
+    MessageType.FORWARDED_VOTES: Stage.UNMASKING,
 }
+
+#: Message types a client sends to the server (the rest go the other way).
+_TO_SERVER: Final = frozenset(
+    {
+        MessageType.ADVERTISE_KEYS,
+        MessageType.SHARE_KEYS,
+        MessageType.MASKED_INPUT,
+        MessageType.UNMASK_RESPONSE,
+        MessageType.CONSISTENCY_VOTE,
+    }
+)
 
 
 class _Reader:
@@ -172,6 +201,34 @@ def _check_increasing(ids: list[int], what: str) -> None:
             raise MessageError(f"{what} must be strictly increasing; got {a} then {b}")
 
 
+_TAG_ENTRY = struct.Struct(">I32s")
+
+
+def _encode_tags(tags: tuple[tuple[int, bytes], ...], count_bytes: int) -> bytes:
+    parts = [len(tags).to_bytes(count_bytes, "big")]
+    pack = _TAG_ENTRY.pack
+    for peer, tag in tags:
+        if len(tag) != AUTH_TAG_BYTES:
+            raise MessageError(f"an authenticator tag must be {AUTH_TAG_BYTES} bytes")
+        if not 0 <= peer <= 0xFFFFFFFF:
+            raise MessageError(f"`peer` does not fit in 32 bits; got {peer}")
+        parts.append(pack(peer, tag))
+    return b"".join(parts)
+
+
+def _decode_tags(r: _Reader, what: str, count_bytes: int) -> tuple[tuple[int, bytes], ...]:
+    n = r.u16(f"{what} count") if count_bytes == 2 else r.u32(f"{what} count")
+    size = n * _TAG_ENTRY.size
+    if size > r.remaining:
+        raise MessageError(f"{r._what}: {n} {what}s cannot fit in the {r.remaining} bytes left")
+    out = tuple(_TAG_ENTRY.iter_unpack(r.take(size, f"{what}s")))
+    peers = [peer for peer, _ in out]
+    if SERVER_ID in peers:
+        raise MessageError(f"{r._what}: a {what} must be a client id; got the server id")
+    _check_increasing(peers, f"{r._what}: {what}s")
+    return out
+
+
 def _u32(value: int, name: str) -> bytes:
     if not 0 <= value <= 0xFFFFFFFF:
         raise MessageError(f"`{name}` does not fit in 32 bits; got {value}")
@@ -215,12 +272,7 @@ def _unpack(data: bytes) -> tuple[_Header, _Reader]:
             f"{msg_type.name}: header announces a {body_len}-byte body; "
             f"got {len(data) - HEADER_BYTES} bytes"
         )
-    to_server = msg_type in (
-        MessageType.ADVERTISE_KEYS,
-        MessageType.SHARE_KEYS,
-        MessageType.MASKED_INPUT,
-        MessageType.UNMASK_RESPONSE,
-    )
+    to_server = msg_type in _TO_SERVER
     client, server = (sender, receiver) if to_server else (receiver, sender)
     if server != SERVER_ID:
         role = "receiver" if to_server else "sender"
@@ -250,15 +302,18 @@ class AdvertiseKeys:
         ``c_pk`` (32 bytes), for the share-exchange channel.
     masking_key:
         ``s_pk`` (32 bytes), for pairwise masks.
-    signature:
-        Ed25519 signature (64 bytes) or ``b""`` when signing is off.
+    tags:
+        The authenticator: ``(receiver, HMAC tag)`` for each neighbour, sorted by
+        receiver (:func:`~protocols.secagg.crypto.advertisement_payload`), or
+        ``()`` when advertisements are not authenticated. The server forwards to
+        each neighbour only the tag addressed to it.
     """
 
     round_id: bytes
     sender: int
     encryption_key: bytes
     masking_key: bytes
-    signature: bytes = b""
+    tags: tuple[tuple[int, bytes], ...] = field(default=(), repr=False)
 
     def to_bytes(self) -> bytes:
         """Serialize."""
@@ -267,15 +322,17 @@ class AdvertiseKeys:
             or len(self.masking_key) != PUBLIC_KEY_BYTES
         ):
             raise MessageError("public keys must be 32 bytes")
-        if len(self.signature) not in (0, SIGNATURE_BYTES):
-            raise MessageError("signature must be 0 or 64 bytes")
-        body = (
-            self.encryption_key
-            + self.masking_key
-            + len(self.signature).to_bytes(2, "big")
-            + self.signature
-        )
+        if len(self.tags) > 0xFFFF:
+            raise MessageError("too many advertisement tags")
+        body = self.encryption_key + self.masking_key + _encode_tags(self.tags, 2)
         return _pack(MessageType.ADVERTISE_KEYS, self.round_id, self.sender, SERVER_ID, body)
+
+    def tag_for(self, receiver: int) -> bytes | None:
+        """The tag addressed to ``receiver``, if any."""
+        for peer, tag in self.tags:
+            if peer == receiver:
+                return tag
+        return None
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AdvertiseKeys:
@@ -284,14 +341,22 @@ class AdvertiseKeys:
         _expect(header, MessageType.ADVERTISE_KEYS)
         c_pk = r.take(PUBLIC_KEY_BYTES, "encryption key")
         s_pk = r.take(PUBLIC_KEY_BYTES, "masking key")
-        sig_len = r.u16("signature length")
-        if sig_len not in (0, SIGNATURE_BYTES):
-            raise MessageError(f"ADVERTISE_KEYS: signature length must be 0 or 64; got {sig_len}")
-        sig = r.take(sig_len, "signature")
+        tags = _decode_tags(r, "tag receiver", 2)
         r.finish()
         if c_pk == s_pk:
-            raise MessageError("ADVERTISE_KEYS: the two public keys must differ")
-        return cls(header.round_id, header.sender, c_pk, s_pk, sig)
+            raise MessageError(
+                f"ADVERTISE_KEYS from client {header.sender}: the two public keys must differ"
+            )
+        for name, key in (("encryption", c_pk), ("masking", s_pk)):
+            problem = x25519_key_problem(key)
+            if problem is not None:
+                raise MessageError(
+                    f"ADVERTISE_KEYS from client {header.sender}: its {name} key is {problem}; "
+                    "refused (it would make every shared secret with it predictable)"
+                )
+        if any(peer == header.sender for peer, _ in tags):
+            raise MessageError("ADVERTISE_KEYS: a client cannot address a tag to itself")
+        return cls(header.round_id, header.sender, c_pk, s_pk, tags)
 
 
 @dataclass(frozen=True)
@@ -571,9 +636,157 @@ class UnmaskResponse:
         return cls(header.round_id, header.sender, seed_shares, key_shares)
 
 
+def ids_to_bitmap(ids: tuple[int, ...] | frozenset[int], n_clients: int) -> bytes:
+    """The bitmap of ``ids`` (each in ``[0, n_clients)``) over ``n_clients`` bits.
+
+    Examples
+    --------
+    >>> ids_to_bitmap((0, 3, 9), 10).hex()
+    '0902'
+    >>> bitmap_to_ids(bytes.fromhex("0902"), 10)
+    (0, 3, 9)
+    """
+    bits = np.zeros(8 * ((n_clients + 7) // 8), dtype=np.uint8)
+    idx = np.fromiter(ids, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= n_clients):
+        raise MessageError(f"client ids must be in [0, {n_clients})")
+    bits[idx] = 1
+    return np.packbits(bits, bitorder="little").tobytes()
+
+
+def bitmap_to_ids(bitmap: bytes, n_clients: int) -> tuple[int, ...]:
+    """The sorted ids whose bits are set; :class:`MessageError` if a padding bit is set."""
+    if len(bitmap) != (n_clients + 7) // 8:
+        raise MessageError(
+            f"a bitmap of {n_clients} clients takes {(n_clients + 7) // 8} bytes; got {len(bitmap)}"
+        )
+    bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little")
+    if bits[n_clients:].any():
+        raise MessageError("bitmap sets a bit beyond the last client")
+    return tuple(int(i) for i in np.flatnonzero(bits))
+
+
+@dataclass(frozen=True)
+class ConsistencyRequest:
+    """Consistency check, server → client: the survivor sets the client must sign.
+
+    ``shared`` is ``U2`` (clients whose shares were delivered), ``survivors`` is
+    ``U3 ⊆ U2`` (clients whose masked inputs are in the sum), both sorted, over
+    the ``n_clients`` registered clients. The wire format is two bitmaps.
+    """
+
+    round_id: bytes
+    receiver: int
+    n_clients: int
+    shared: tuple[int, ...]
+    survivors: tuple[int, ...]
+
+    def bitmaps(self) -> tuple[bytes, bytes]:
+        """``(U2 bitmap, U3 bitmap)``."""
+        return (
+            ids_to_bitmap(self.shared, self.n_clients),
+            ids_to_bitmap(self.survivors, self.n_clients),
+        )
+
+    def to_bytes(self) -> bytes:
+        """Serialize."""
+        shared, survivors = self.bitmaps()
+        body = _u32(self.n_clients, "n_clients") + shared + survivors
+        return _pack(MessageType.CONSISTENCY_REQUEST, self.round_id, SERVER_ID, self.receiver, body)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ConsistencyRequest:
+        """Parse and validate; raises :class:`MessageError`."""
+        header, r = _unpack(data)
+        _expect(header, MessageType.CONSISTENCY_REQUEST)
+        n = r.u32("client count")
+        if not 2 <= n <= MAX_CLIENTS:
+            raise MessageError(
+                f"CONSISTENCY_REQUEST: client count must be in [2, {MAX_CLIENTS}]; got {n}"
+            )
+        width = (n + 7) // 8
+        shared = bitmap_to_ids(r.take(width, "shared bitmap"), n)
+        survivors = bitmap_to_ids(r.take(width, "survivor bitmap"), n)
+        r.finish()
+        extra = sorted(set(survivors) - set(shared))
+        if extra:
+            raise MessageError(
+                f"CONSISTENCY_REQUEST: client {extra[0]} is listed as a survivor but not as "
+                "having shared its keys (U3 must be a subset of U2)"
+            )
+        return cls(header.round_id, header.receiver, n, shared, survivors)
+
+
+@dataclass(frozen=True)
+class ConsistencyVote:
+    """Consistency check, client → server: the client's authenticator over the survivor
+    sets it was sent — one tag (:func:`~protocols.secagg.crypto.auth_tag` over
+    :func:`~protocols.secagg.crypto.consistency_payload`) for every other survivor,
+    ``(receiver, tag)`` sorted by receiver."""
+
+    round_id: bytes
+    sender: int
+    tags: tuple[tuple[int, bytes], ...] = field(repr=False)
+
+    def to_bytes(self) -> bytes:
+        """Serialize."""
+        return _pack(
+            MessageType.CONSISTENCY_VOTE,
+            self.round_id,
+            self.sender,
+            SERVER_ID,
+            _encode_tags(self.tags, 4),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ConsistencyVote:
+        """Parse and validate; raises :class:`MessageError`."""
+        header, r = _unpack(data)
+        _expect(header, MessageType.CONSISTENCY_VOTE)
+        tags = _decode_tags(r, "receiver", 4)
+        r.finish()
+        if any(peer == header.sender for peer, _ in tags):
+            raise MessageError("CONSISTENCY_VOTE: a client cannot address a tag to itself")
+        return cls(header.round_id, header.sender, tags)
+
+
+@dataclass(frozen=True)
+class ForwardedVotes:
+    """Unmasking (active security), server → client: the tags other survivors addressed
+    to this client over the survivor sets it voted for, ``(voter, tag)`` sorted by
+    voter. It replaces the ``UNMASK_REQUEST`` of the honest-but-curious protocol:
+    the client derives what to reveal from the sets it voted for."""
+
+    round_id: bytes
+    receiver: int
+    tags: tuple[tuple[int, bytes], ...] = field(repr=False)
+
+    def to_bytes(self) -> bytes:
+        """Serialize."""
+        return _pack(
+            MessageType.FORWARDED_VOTES,
+            self.round_id,
+            SERVER_ID,
+            self.receiver,
+            _encode_tags(self.tags, 4),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ForwardedVotes:
+        """Parse and validate; raises :class:`MessageError`."""
+        header, r = _unpack(data)
+        _expect(header, MessageType.FORWARDED_VOTES)
+        tags = _decode_tags(r, "voter", 4)
+        r.finish()
+        if any(peer == header.receiver for peer, _ in tags):
+            raise MessageError("FORWARDED_VOTES: a client's own vote is not forwarded to it")
+        return cls(header.round_id, header.receiver, tags)
+
+
 Message: TypeAlias = (
     "AdvertiseKeys | KeyDirectory | ShareKeys | ShareDelivery | MaskedInput "
-    "| UnmaskRequest | UnmaskResponse"
+    "| UnmaskRequest | UnmaskResponse | ConsistencyRequest | ConsistencyVote "
+    "| ForwardedVotes"
 )
 
 _CLASSES: Final[dict[MessageType, type[Message]]] = {
@@ -584,6 +797,9 @@ _CLASSES: Final[dict[MessageType, type[Message]]] = {
     MessageType.MASKED_INPUT: MaskedInput,
     MessageType.UNMASK_REQUEST: UnmaskRequest,
     MessageType.UNMASK_RESPONSE: UnmaskResponse,
+    MessageType.CONSISTENCY_REQUEST: ConsistencyRequest,
+    MessageType.CONSISTENCY_VOTE: ConsistencyVote,
+    MessageType.FORWARDED_VOTES: ForwardedVotes,
 }
 
 

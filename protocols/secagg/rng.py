@@ -46,7 +46,7 @@ class SecureRandom:
     True
     """
 
-    __slots__ = ("_encryptor",)
+    __slots__ = ("_drawn", "_encryptor")
 
     def __init__(self, key: bytes | None = None) -> None:
         if key is None:
@@ -57,6 +57,7 @@ class SecureRandom:
                 f"{len(key) if isinstance(key, bytes) else 'n/a'}"
             )
         self._encryptor = Cipher(algorithms.AES(key), modes.CTR(_ZERO_NONCE)).encryptor()
+        self._drawn = 0
 
     @classmethod
     def from_seed(cls, seed: int | bytes, *labels: bytes) -> SecureRandom:
@@ -89,10 +90,16 @@ class SecureRandom:
     def __repr__(self) -> str:
         return "SecureRandom(<key hidden>)"
 
+    @property
+    def bytes_drawn(self) -> int:
+        """How many bytes the generator has produced (its position, not its key)."""
+        return self._drawn
+
     def bytes(self, n: int) -> bytes:
         """Return ``n`` uniformly random bytes."""
         if n < 0:
             raise InvalidParameterError(f"`n` must be >= 0; got {n}")
+        self._drawn += n
         return self._encryptor.update(bytes(n))
 
     def random(self, size: int) -> NDArray[np.float64]:

@@ -9,10 +9,17 @@ returns it.
 
 Surviving sets (Bonawitz et al. 2017): ``U1`` advertised keys, ``U2`` sent
 shares, ``U3`` sent masked inputs (their inputs are summed), ``U4`` answered
-the unmask request. The server reconstructs the self-mask seeds of ``U3`` and
-the masking keys of the clients in ``U2 \\ U3`` that have a neighbour in
-``U3``, never both for one client (the sets are disjoint, and each client
-refuses to reveal both).
+the unmask request (with ``active_security``, ``U4`` are the clients that first
+signed the survivor sets in the consistency check). The server reconstructs the
+self-mask seeds of ``U3`` and the masking keys of the clients in ``U2 \\ U3``
+that have a neighbour in ``U3``, never both for one client (the sets are
+disjoint, and each client refuses to reveal both).
+
+An honest server aborts rather than reveal a partial sum: when it closes the
+masked-input stage it checks the surviving-graph rule
+(:func:`~protocols.secagg.graph.separator_size`: no ``t - 1`` survivors may split
+the survivors' graph), and it rebuilds every secret from all the shares it got,
+checking the extra shares against the reconstruction, before unmasking anything.
 """
 
 from __future__ import annotations
@@ -27,17 +34,18 @@ from numpy.typing import NDArray
 from protocols.errors import InvalidParameterError, MessageError, ProtocolAbort
 from protocols.secagg.config import SecAggConfig, Stage
 from protocols.secagg.crypto import (
-    advertisement_payload,
     load_x25519,
     pairwise_mask_seed,
-    verify_signature,
     x25519_exchange,
 )
-from protocols.secagg.graph import neighbour_graph
+from protocols.secagg.graph import resolve_graph, split_reason
 from protocols.secagg.messages import (
     MESSAGE_STAGE,
     ROUND_ID_BYTES,
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencyVote,
+    ForwardedVotes,
     KeyDirectory,
     MaskedInput,
     MessageType,
@@ -47,8 +55,9 @@ from protocols.secagg.messages import (
     UnmaskResponse,
     peek_type,
 )
+from protocols.secagg.pki import IdentityDirectory
 from protocols.secagg.prg import MaskExpander
-from protocols.secagg.shamir import combine_shares
+from protocols.secagg.shamir import InconsistentSharesError, combine_shares_verified
 
 __all__ = ["AggregateResult", "ReceivedMessage", "SecAggServer", "ServerView"]
 
@@ -58,6 +67,7 @@ _SERVER_EXPECTS: dict[Stage, MessageType] = {
     Stage.ADVERTISE_KEYS: MessageType.ADVERTISE_KEYS,
     Stage.SHARE_KEYS: MessageType.SHARE_KEYS,
     Stage.MASKED_INPUT: MessageType.MASKED_INPUT,
+    Stage.CONSISTENCY_CHECK: MessageType.CONSISTENCY_VOTE,
     Stage.UNMASKING: MessageType.UNMASK_RESPONSE,
 }
 
@@ -139,12 +149,14 @@ class SecAggServer:
     round_id:
         The public 16-byte round id.
     identity_public_keys:
-        Client id → raw Ed25519 public key; required iff
-        ``config.sign_advertisements`` (forged advertisements are then rejected
-        at the server as well as at the clients).
+        Client id → raw identity public key; accepted for symmetry with the
+        clients (the server cannot check the clients' authenticator tags — they
+        are addressed to other clients — so it only checks who they address).
     graph:
-        A precomputed :func:`~protocols.secagg.graph.neighbour_graph`; ``None``
+        A precomputed :func:`~protocols.secagg.graph.make_graph`; ``None``
         computes it.
+    beacon:
+        The public beacon value the graph is derived from; ``None``: the round id alone.
     """
 
     def __init__(
@@ -154,23 +166,19 @@ class SecAggServer:
         round_id: bytes,
         identity_public_keys: Mapping[int, bytes] | None = None,
         graph: Sequence[frozenset[int]] | None = None,
+        beacon: bytes | None = None,
     ) -> None:
         if not isinstance(round_id, bytes) or len(round_id) != ROUND_ID_BYTES:
             raise InvalidParameterError(
                 f"`round_id` must be {ROUND_ID_BYTES} bytes; got {round_id!r}"
             )
-        if config.sign_advertisements and identity_public_keys is None:
-            raise InvalidParameterError(
-                "`identity_public_keys` is required when `config.sign_advertisements` is True"
-            )
+        pki = config.pki
+        if pki is None and identity_public_keys is not None:
+            pki = IdentityDirectory.from_mapping(identity_public_keys, config.n_clients)
         self._config = config
         self._round_id = round_id
-        self._identity_public_keys = dict(identity_public_keys or {})
-        self._graph = (
-            tuple(graph)
-            if graph is not None
-            else neighbour_graph(config.n_clients, config.k, round_id)
-        )
+        self._pki = pki
+        self._graph = resolve_graph(config.n_clients, config.k, round_id, beacon, graph)
         self._stage = Stage.ADVERTISE_KEYS
         self._received: list[ReceivedMessage] = []
         self._sent: list[tuple[Stage, int, bytes]] = []
@@ -184,6 +192,7 @@ class SecAggServer:
         self._u1: frozenset[int] = frozenset()
         self._u2: frozenset[int] = frozenset()
         self._u3: frozenset[int] = frozenset()
+        self._signatures: dict[int, ConsistencyVote] = {}
         self._result: AggregateResult | None = None
 
     def __repr__(self) -> str:
@@ -197,7 +206,7 @@ class SecAggServer:
     @property
     def graph(self) -> tuple[frozenset[int], ...]:
         """The public neighbour graph."""
-        return self._graph
+        return self._graph.sets
 
     @property
     def view(self) -> ServerView:
@@ -213,8 +222,10 @@ class SecAggServer:
             return self._u1 - set(self._shares)
         if stage is Stage.MASKED_INPUT:
             return self._u2 - set(self._masked)
+        if stage is Stage.CONSISTENCY_CHECK:
+            return self._u3 - set(self._signatures)
         if stage is Stage.UNMASKING:
-            return self._u3 - set(self._responses)
+            return frozenset(self._requests) - set(self._responses)
         return frozenset()
 
     # --------------------------------------------------------------- receiving
@@ -240,6 +251,7 @@ class SecAggServer:
             MessageType.ADVERTISE_KEYS: self._validate_advertisement,
             MessageType.SHARE_KEYS: self._validate_shares,
             MessageType.MASKED_INPUT: self._validate_masked,
+            MessageType.CONSISTENCY_VOTE: self._validate_vote,
             MessageType.UNMASK_RESPONSE: self._validate_response,
         }[msg_type](message)
         sender = commit()
@@ -268,16 +280,18 @@ class SecAggServer:
             ad.round_id, ad.sender, frozenset(range(self._config.n_clients)), self._ads
         )
         if self._config.sign_advertisements:
-            pk = self._identity_public_keys.get(ad.sender)
-            if pk is None:
-                raise MessageError(f"no identity key known for client {ad.sender}")
-            verify_signature(
-                pk,
-                advertisement_payload(ad.round_id, ad.sender, ad.encryption_key, ad.masking_key),
-                ad.signature,
+            # The tags are addressed to the neighbours; the server can only check
+            # that there is exactly one for each of them.
+            receivers = [peer for peer, _ in ad.tags]
+            if receivers != sorted(self._graph[ad.sender]):
+                raise MessageError(
+                    f"client {ad.sender} must address one advertisement tag to each neighbour "
+                    f"{sorted(self._graph[ad.sender])}; got {receivers}"
+                )
+        elif ad.tags:
+            raise MessageError(
+                "unexpected authenticator tags: advertisements are not authenticated"
             )
-        elif ad.signature:
-            raise MessageError("unexpected signature: signing is off in this round")
         if ad.encryption_key in self._seen_keys or ad.masking_key in self._seen_keys:
             raise MessageError(f"client {ad.sender} advertises a public key already in use")
 
@@ -326,9 +340,26 @@ class SecAggServer:
 
         return commit
 
+    def _validate_vote(self, message: bytes) -> _Commit:
+        vote = ConsistencyVote.from_bytes(message)
+        self._check_sender(vote.round_id, vote.sender, self._u3, self._signatures)
+        receivers = [peer for peer, _ in vote.tags]
+        expected = sorted(self._u3 - {vote.sender})
+        if receivers != expected:
+            raise MessageError(
+                f"client {vote.sender}'s consistency vote must carry one tag for every other "
+                f"survivor ({len(expected)}); got {len(receivers)}"
+            )
+
+        def commit() -> int:
+            self._signatures[vote.sender] = vote
+            return vote.sender
+
+        return commit
+
     def _validate_response(self, message: bytes) -> _Commit:
         resp = UnmaskResponse.from_bytes(message)
-        self._check_sender(resp.round_id, resp.sender, self._u3, self._responses)
+        self._check_sender(resp.round_id, resp.sender, frozenset(self._requests), self._responses)
         request = self._requests[resp.sender]
         seed_owners = tuple(o for o, _ in resp.mask_seed_shares)
         key_owners = tuple(o for o, _ in resp.key_shares)
@@ -372,9 +403,13 @@ class SecAggServer:
             out = {}
             for u in sorted(self._u1):
                 peers = sorted(self._graph[u] & self._u1)
-                out[u] = KeyDirectory(
-                    self._round_id, u, tuple(self._ads[v] for v in peers)
-                ).to_bytes()
+                ads = tuple(
+                    dataclasses.replace(self._ads[v], tags=((u, tag),))
+                    if (tag := self._ads[v].tag_for(u)) is not None
+                    else self._ads[v]
+                    for v in peers
+                )
+                out[u] = KeyDirectory(self._round_id, u, ads).to_bytes()
             return self._send(Stage.SHARE_KEYS, out)
         if stage is Stage.SHARE_KEYS:
             self._u2 = frozenset(self._shares)
@@ -392,17 +427,60 @@ class SecAggServer:
         if stage is Stage.MASKED_INPUT:
             self._u3 = frozenset(self._masked)
             self._require(len(self._u3), "clients sent masked inputs")
+            size = self._graph.separator_size(self._u3)
+            if size is not None and size < self._config.t:
+                self._stage = Stage.ABORTED
+                raise ProtocolAbort(
+                    stage.value,
+                    "the server aborts instead of unmasking: " + split_reason(size, self._config.t),
+                )
+            if self._config.active_security:
+                if len(self._u3) < self._config.quorum:
+                    self._stage = Stage.ABORTED
+                    raise ProtocolAbort(
+                        stage.value,
+                        f"only {len(self._u3)} clients sent masked inputs; the consistency check "
+                        f"needs a quorum of {self._config.quorum} votes",
+                    )
+                template = ConsistencyRequest(
+                    self._round_id,
+                    0,
+                    self._config.n_clients,
+                    tuple(sorted(self._u2)),
+                    tuple(sorted(self._u3)),
+                )
+                out = {
+                    u: dataclasses.replace(template, receiver=u).to_bytes()
+                    for u in sorted(self._u3)
+                }
+                return self._send(Stage.CONSISTENCY_CHECK, out)
             out = {}
             for u in sorted(self._u3):
-                owners = (self._graph[u] & self._u2) | {u}
-                request = UnmaskRequest(
-                    self._round_id,
-                    u,
-                    tuple(sorted(owners & self._u3)),
-                    tuple(sorted(owners - self._u3)),
-                )
+                request = self._request_for(u)
                 self._requests[u] = request
                 out[u] = request.to_bytes()
+            return self._send(Stage.UNMASKING, out)
+        if stage is Stage.CONSISTENCY_CHECK:
+            signers = sorted(self._signatures)
+            quorum = self._config.quorum
+            if len(signers) < quorum:
+                self._stage = Stage.ABORTED
+                raise ProtocolAbort(
+                    stage.value,
+                    f"only {len(signers)} clients voted for the survivor set; the quorum is "
+                    f"{quorum} (floor((n + t - 1) / 2) + 1 of the {self._config.n_clients} "
+                    "registered clients)",
+                )
+            tags = {v: dict(self._signatures[v].tags) for v in signers}
+            out = {}
+            for u in signers:
+                # Every other vote (cheap to check: an HMAC each), so that a few
+                # invalid votes from malicious clients cannot sink the quorum.
+                voters = [v for v in signers if v != u]
+                self._requests[u] = self._request_for(u)
+                out[u] = ForwardedVotes(
+                    self._round_id, u, tuple((v, tags[v][u]) for v in voters)
+                ).to_bytes()
             return self._send(Stage.UNMASKING, out)
         # Stage.UNMASKING: reconstruct and unmask.
         self._require(len(self._responses), "clients answered the unmask request")
@@ -423,6 +501,15 @@ class SecAggServer:
         self._stage = Stage.DONE
         return {}
 
+    def _request_for(self, u: int) -> UnmaskRequest:
+        owners = (self._graph[u] & self._u2) | {u}
+        return UnmaskRequest(
+            self._round_id,
+            u,
+            tuple(sorted(owners & self._u3)),
+            tuple(sorted(owners - self._u3)),
+        )
+
     def result(self) -> AggregateResult:
         """The decoded sum; only after the unmasking stage has been advanced."""
         if self._result is None:
@@ -436,36 +523,30 @@ class SecAggServer:
         dropped: Sequence[int],
     ) -> AggregateResult:
         cfg = self._config
-        t, d, dtype = cfg.t, cfg.vector_length, cfg.encoder.dtype
-        acc = np.zeros(d, dtype=dtype)
-        expander = MaskExpander(d, dtype)
-        for u in sorted(self._u3):
-            np.add(acc, self._masked[u].values(), out=acc)
-        for u in sorted(self._u3):
-            try:
-                seed = combine_shares(seed_shares[u], threshold=t)
-            except MessageError as exc:
-                self._stage = Stage.ABORTED
-                raise ProtocolAbort(
-                    Stage.UNMASKING.value, f"self-mask seed of client {u}: {exc}"
-                ) from None
-            np.subtract(acc, expander.expand(seed), out=acc)
+        d, dtype = cfg.vector_length, cfg.encoder.dtype
+        # Rebuild and check every secret before touching the masked inputs: any
+        # disagreement aborts with nothing unmasked.
+        seeds = {u: self._rebuild(seed_shares[u], u, "self-mask seed") for u in sorted(self._u3)}
+        keys = {}
         for v in dropped:
-            try:
-                s_sk = combine_shares(key_shares[v], threshold=t)
-            except MessageError as exc:
-                self._stage = Stage.ABORTED
-                raise ProtocolAbort(
-                    Stage.UNMASKING.value, f"masking key of client {v}: {exc}"
-                ) from None
-            s_key = load_x25519(s_sk)
+            s_key = load_x25519(self._rebuild(key_shares[v], v, "masking key"))
             if s_key.public_key().public_bytes_raw() != self._ads[v].masking_key:
                 self._stage = Stage.ABORTED
                 raise ProtocolAbort(
                     Stage.UNMASKING.value,
                     f"the reconstructed masking key of client {v} does not match its "
-                    "advertised public key (inconsistent shares)",
+                    f"advertised public key (inconsistent shares from holders "
+                    f"{sorted(key_shares[v])}); nothing was unmasked",
                 )
+            keys[v] = s_key
+        acc = np.zeros(d, dtype=dtype)
+        expander = MaskExpander(d, dtype)
+        for u in sorted(self._u3):
+            np.add(acc, self._masked[u].values(), out=acc)
+        for u in sorted(self._u3):
+            np.subtract(acc, expander.expand(seeds[u]), out=acc)
+        for v in dropped:
+            s_key = keys[v]
             for w in sorted(self._graph[v] & self._u3):
                 seed = pairwise_mask_seed(
                     x25519_exchange(s_key, self._ads[w].masking_key), self._round_id, v, w
@@ -479,8 +560,51 @@ class SecAggServer:
         if bits < 8 * dtype.itemsize:
             np.bitwise_and(acc, dtype.type((1 << bits) - 1), out=acc)
         survivors = tuple(sorted(self._u3))
+        # Range check (cheap input validation): honest clipped encodings sum to at
+        # most m (2**q - 1) per coordinate; more proves an out-of-range encoding.
+        ceiling = len(survivors) * cfg.encoder.levels
+        peak = int(acc.max())
+        if peak > ceiling:
+            self._stage = Stage.ABORTED
+            raise ProtocolAbort(
+                Stage.UNMASKING.value,
+                f"range check failed: a coordinate of the encoded sum is {peak}, above the "
+                f"{ceiling} that {len(survivors)} clipped inputs can reach; a client sent an "
+                "out-of-range encoding (the sum is not released)",
+            )
         total = cfg.encoder.decode_sum(acc, n_summands=len(survivors))
         return AggregateResult(total, acc, survivors, tuple(sorted(self._responses)))
+
+    def _rebuild(self, shares: Mapping[int, int], owner: int, what: str) -> bytes:
+        try:
+            return combine_shares_verified(shares, threshold=self._config.t)
+        except InconsistentSharesError as exc:
+            self._stage = Stage.ABORTED
+            raise ProtocolAbort(
+                Stage.UNMASKING.value,
+                f"the shares of client {owner}'s {what} disagree: holders "
+                f"{list(exc.suspects)} sent shares inconsistent with the others "
+                f"(all holders: {list(exc.holders)}); nothing was unmasked",
+            ) from None
+
+    def _state(self) -> tuple[object, ...]:
+        """Everything that can change during the round: for tests that check a
+        rejected message leaves the server byte-for-byte unchanged."""
+        return (
+            self._stage,
+            tuple(self._received),
+            tuple(self._sent),
+            tuple(sorted(self._ad_bytes.items())),
+            frozenset(self._seen_keys),
+            tuple(sorted((k, v.to_bytes()) for k, v in self._shares.items())),
+            tuple(sorted((k, v.to_bytes()) for k, v in self._masked.items())),
+            tuple(sorted((k, v.to_bytes()) for k, v in self._signatures.items())),
+            tuple(sorted((k, v.to_bytes()) for k, v in self._requests.items())),
+            tuple(sorted((k, v.to_bytes()) for k, v in self._responses.items())),
+            self._u1,
+            self._u2,
+            self._u3,
+        )
 
     def _require(self, count: int, what: str) -> None:
         t = self._config.t

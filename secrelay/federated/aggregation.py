@@ -32,6 +32,10 @@ class SumResult:
     survivors: tuple[int, ...]
     # What the sum released under DP (a noising sum protocol fills it), for the ledger.
     privacy_records: tuple[LedgerRecord, ...] = ()
+    # True when no device's contribution entered ``sums`` but a DP sum released noise
+    # alone (a Poisson round that sampled nobody): the strategy applies it like any
+    # release, so whether a round was empty does not show in the model.
+    noise_only: bool = False
 
 
 def check_contributions(
@@ -63,9 +67,15 @@ class SumProtocol(abc.ABC):
         Names of the protocol stages at which a device may drop out. A device that
         drops at a stage is not in the survivors; the protocol either completes
         without it or raises :class:`protocols.errors.ProtocolAbort`.
+    always_releases:
+        Whether every round must release, whoever took part (a central DP sum under
+        Poisson sampling, whose amplification needs the release not to depend on how
+        many devices were sampled): the loop then never aborts or skips a round for
+        too few survivors, and the protocol releases noise alone when nobody took part.
     """
 
     stages: tuple[str, ...] = ("upload",)
+    always_releases: bool = False
 
     def check_dropouts(self, dropouts: Mapping[int, str] | None) -> dict[int, str]:
         """Validate that every dropout stage is one of :attr:`stages`; returns a copy."""

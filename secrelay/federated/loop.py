@@ -5,9 +5,15 @@ the channel (and its transcript) and an executor. It talks to devices only throu
 the channel; the devices' private state lives in a :class:`DeviceStore` that the
 server side never reads.
 
-All randomness of round ``t`` (who is sampled, who drops out and when, each
-device's training seed) derives from ``SeedSequence([seed, t, ...])``, so a run
-resumed from a checkpoint replays exactly the rounds an uninterrupted run would.
+Randomness. Who drops out and when, and each device's training seed, derive from
+``SeedSequence([seed, t, ...])``. Who is sampled follows the loop's ``randomness``:
+``"reproducible"`` derives it from the seed too, so a run resumed from a checkpoint
+replays exactly the rounds an uninterrupted run would; ``"secure"`` draws each
+round's sample once from the OS CSPRNG (:class:`protocols.dp.SecureGenerator`),
+when it is first asked for — the budget dry run — and the round reuses that draw,
+so amplification by sampling holds against whoever knows the seed. A secure draw is
+not checkpointed: a round interrupted before its checkpoint is redrawn on resume,
+and its first release stays in the privacy ledger (a second, independent release).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from protocols.dp.ledger import LedgerRecord
+from protocols.dp.rng import RandomGenerator, Randomness, SecureGenerator, check_randomness
 from protocols.errors import InvalidParameterError, ProtocolAbort
 from secrelay.data.dataset import CTRDataset
 from secrelay.federated.aggregation import PlaintextSum, SumProtocol
@@ -55,20 +62,40 @@ class RoundAborted(ProtocolAbort):
 
 
 def sample_devices(
-    device_ids: Sequence[int] | np.ndarray, config: RoundConfig, *, seed: int, round: int
+    device_ids: Sequence[int] | np.ndarray,
+    config: RoundConfig,
+    *,
+    seed: int | None = None,
+    round: int = 0,
+    generator: RandomGenerator | None = None,
 ) -> list[int]:
     """The devices sampled in ``round`` (sorted): Poisson at ``config.sample_rate`` or
     ``config.clients_per_round`` without replacement.
 
-    It depends on the seed, the round and the device ids only (never on data), so the
-    sampling schedule is public and may be used before a run, e.g. to calibrate noise.
+    Exactly one of ``seed`` and ``generator``. With ``seed`` the sample depends on the
+    seed, the round and the device ids only (never on data), so the sampling schedule
+    is public and may be used before a run, e.g. to calibrate noise — and known to
+    whoever knows the seed. With ``generator`` (a :class:`~protocols.dp.SecureGenerator`
+    for secure randomness) it is one fresh draw: each device independently below
+    ``sample_rate``, or the ``clients_per_round`` devices with the smallest uniform
+    keys (a uniformly random subset).
     """
     ids = np.asarray(sorted(int(d) for d in device_ids), dtype=np.int64)
+    if (seed is None) == (generator is None):
+        raise InvalidParameterError(
+            "sample_devices() needs exactly one of `seed` (reproducible) and `generator`"
+        )
+    n = min(config.clients_per_round, ids.size)
+    if generator is not None:
+        keys = np.asarray(generator.random(ids.size), dtype=np.float64)
+        if config.sampling == "poisson":
+            return [int(d) for d in ids[keys < config.sample_rate]]
+        return sorted(int(d) for d in ids[np.argsort(keys, kind="stable")[:n]])
+    assert seed is not None
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), round, 0]))
     if config.sampling == "poisson":
         mask = rng.random(ids.size) < config.sample_rate
         return [int(d) for d in ids[mask]]
-    n = min(config.clients_per_round, ids.size)
     return sorted(int(d) for d in rng.choice(ids, size=n, replace=False))
 
 
@@ -231,6 +258,12 @@ class FederatedLoop:
     device_key:
         Device → model key used for evaluation (default: the device's private
         ``model_key`` or the strategy's first key).
+    randomness:
+        Where each round's device sample comes from (module doc): ``"secure"`` or
+        ``"reproducible"``; ``None`` (default) takes the sum protocol's (a user-level
+        DP sum's) and otherwise ``"reproducible"``. A loop whose sample a central DP
+        sum's amplification relies on (``sum_protocol.always_releases``) must not
+        sample reproducibly under that sum's secure randomness.
     """
 
     def __init__(
@@ -247,6 +280,7 @@ class FederatedLoop:
         executor: Executor | None = None,
         device_store: DeviceStore | None = None,
         device_key: Callable[[int], str] | None = None,
+        randomness: Randomness | None = None,
     ) -> None:
         if not devices:
             raise InvalidParameterError("FederatedLoop needs at least one device")
@@ -262,6 +296,9 @@ class FederatedLoop:
         self.executor = executor or SequentialExecutor()
         self.store = device_store or DeviceStore()
         self._device_key = device_key
+        self.randomness = self._randomness(randomness)
+        # Secure draws, by round: made once (the dry run asks first), reused by the round.
+        self._drawn: dict[int, list[int]] = {}
         self._started = False
         # Personalised strategies keep each device's latest predictions here.
         self.personal_predictions: dict[int, np.ndarray] = {}
@@ -270,9 +307,30 @@ class FederatedLoop:
     def _rng(self, round: int, purpose: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([self.seed, round, purpose]))
 
+    def _randomness(self, given: Randomness | None) -> Randomness:
+        proto = getattr(self.sum_protocol, "randomness", None)
+        if given is None:
+            return check_randomness(proto) if proto is not None else "reproducible"
+        mode = check_randomness(given)
+        if mode == "reproducible" and proto == "secure" and self.sum_protocol.always_releases:
+            raise InvalidParameterError(
+                f"`randomness` = 'reproducible' would draw the device samples that "
+                f"{type(self.sum_protocol).__name__}'s amplification by sampling relies on "
+                "from the seed while its noise is secure; pass randomness='secure' (or "
+                "None, which follows the sum protocol)"
+            )
+        return mode
+
     def sample(self, round: int) -> list[int]:
-        """The devices sampled in ``round`` (sorted)."""
-        return sample_devices(self.device_ids, self.config, seed=self.seed, round=round)
+        """The devices sampled in ``round`` (sorted). Under secure randomness the first
+        call for a round draws the sample and later calls return the same one."""
+        if self.randomness == "reproducible":
+            return sample_devices(self.device_ids, self.config, seed=self.seed, round=round)
+        if round not in self._drawn:
+            self._drawn[round] = sample_devices(
+                self.device_ids, self.config, generator=SecureGenerator()
+            )
+        return list(self._drawn[round])
 
     def dropout_plan(self, round: int, sampled: Sequence[int]) -> dict[int, str]:
         """Which sampled devices fail this round, and at which stage."""
@@ -310,6 +368,8 @@ class FederatedLoop:
         """
         self.start()
         sampled = self.sample(round)
+        for earlier in [r for r in self._drawn if r < round]:
+            del self._drawn[earlier]
         plan = self.dropout_plan(round, sampled)
         models = self.strategy.download(round)
         tasks = []
@@ -362,8 +422,11 @@ class FederatedLoop:
                 metrics=self.evaluate() if do_eval else None,
                 privacy_records=tuple(privacy_records),
             )
+        # A sum that must always release (central DP, Poisson sampling) runs even when
+        # nobody took part: skipping the round would depend on who was sampled.
+        always = self.sum_protocol.always_releases
         try:
-            if len(trained) - len(protocol_drops) < self.config.min_survivors:
+            if not always and len(trained) - len(protocol_drops) < self.config.min_survivors:
                 raise RoundAborted(
                     "collect",
                     f"round {round}: {len(trained) - len(protocol_drops)} devices survived, "
@@ -377,7 +440,7 @@ class FederatedLoop:
             # A sum protocol that noises the sums (user-level DP) says what it released.
             privacy_records.extend(result.privacy_records)
             survivors = result.survivors
-            if len(survivors) < self.config.min_survivors:
+            if not always and len(survivors) < self.config.min_survivors:
                 raise RoundAborted(
                     "aggregate",
                     f"round {round}: {len(survivors)} devices survived, fewer than "

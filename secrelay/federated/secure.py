@@ -31,6 +31,22 @@ float64 is exact), the words are summed modulo ``2^b`` with
 recovers ``Σ v = decoded − m/2`` exactly. A device refuses (raises) to send a vector
 outside ``[−2^(q−1), 2^(q−1))`` instead of letting the encoder clip it, so an
 encoding's headroom (its choice of ``q``) is a hard guarantee, never a silent clip.
+
+Randomness and keys. By default (``SecureSumSettings.deterministic = False``) every
+protocol key, mask seed, Shamir coefficient, nonce and stochastic rounding of every
+device, the round id, the graph beacon and the devices' long-term signing keys come
+from the operating system's entropy (:class:`~protocols.secagg.SecureRandom` keyed
+from ``os.urandom``); ``seed`` is then not used at all. ``deterministic = True``
+(``[privacy] randomness = "reproducible"``) derives all of them from ``seed`` and the
+round number, so a run can be repeated bit for bit — and anyone who knows ``seed``
+(it is written in ``config.json``) can unmask every input: research reruns only.
+
+Threat model. ``active_security`` (default) runs the malicious-server protocol: the
+devices authenticate their key advertisements and sign the survivor set with
+long-term identity keys from a PKI (here a key directory made when a device first
+takes part; each device keeps its key, and the pairwise keys derived from it,
+across rounds), and a round aborts rather than reveal anything beyond the sum of
+all survivors (``docs/secagg.md``).
 """
 
 from __future__ import annotations
@@ -42,7 +58,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocols.errors import InvalidParameterError
-from protocols.secagg import PROTOCOL_STAGES, SecAggConfig, SecureSumResult, simulate_secure_sum
+from protocols.secagg import (
+    PASSIVE_STAGES,
+    PROTOCOL_STAGES,
+    IdentityKey,
+    SecAggConfig,
+    SecureRandom,
+    SecureSumResult,
+    Stage,
+    simulate_secure_sum,
+)
 from secrelay.federated.aggregation import SumProtocol, SumResult, check_contributions
 from secrelay.federated.messages import SERVER, MaskedUpload
 from secrelay.federated.transcript import Channel
@@ -72,13 +97,20 @@ class SecureSumSettings:
     threshold:
         Shamir threshold (None: the protocol's default for the degree).
     sign_advertisements:
-        Ed25519-signed key advertisements (malicious-server hardening).
+        Authenticated key advertisements (PKI tags); always on under
+        ``active_security`` (``False`` then only means "not requested here").
     max_dropout_rate:
         Design dropout rate used to size the default neighbourhood.
     deterministic:
-        Derive every protocol key from the round seed (reproducible simulations and
-        the resume-equals-uninterrupted guarantee). ``False`` keys every client
-        from the OS CSPRNG, as a deployment must.
+        ``False`` (default, secure): every key, mask seed and rounding comes from OS
+        entropy and ``seed`` is unused. ``True`` (``[privacy] randomness =
+        "reproducible"``): derive them all from the seed and the round (bit-for-bit
+        reruns and resume-equals-uninterrupted); the guarantees then hold only
+        against parties who do not know the seed.
+    active_security:
+        The malicious-server protocol (signed advertisements, the consistency
+        check, the surviving-graph rule); ``False`` is the cheaper
+        honest-but-curious protocol, which also tolerates more dropouts.
     """
 
     bounds: Mapping[str, float] = field(default_factory=dict)
@@ -88,7 +120,8 @@ class SecureSumSettings:
     threshold: int | None = None
     sign_advertisements: bool = False
     max_dropout_rate: float = 0.1
-    deterministic: bool = True
+    deterministic: bool = False
+    active_security: bool = True
 
     def __post_init__(self) -> None:
         bad = {k: v for k, v in self.bounds.items() if not (np.isfinite(v) and v > 0)}
@@ -102,9 +135,28 @@ class SecureSumSettings:
             raise InvalidParameterError(
                 f"`precision_bits` must be in [8, 32]; got {self.precision_bits!r}"
             )
+        for name in ("deterministic", "active_security", "sign_advertisements"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidParameterError(f"`{name}` must be a bool; got {getattr(self, name)!r}")
 
     def bound(self, name: str) -> float:
         return float(self.bounds.get(name, self.default_bound))
+
+    def protocol_config(
+        self, *, n_clients: int, vector_length: int, clip_range: float, precision_bits: int
+    ) -> SecAggConfig:
+        """The SecAgg+ parameters of one round with these settings."""
+        return SecAggConfig(
+            n_clients=n_clients,
+            vector_length=vector_length,
+            neighbours=self.neighbours,
+            threshold=self.threshold,
+            clip_range=clip_range,
+            precision_bits=precision_bits,
+            sign_advertisements=True if self.sign_advertisements else None,
+            max_dropout_rate=self.max_dropout_rate,
+            active_security=self.active_security,
+        )
 
 
 class DeviceEncoding(abc.ABC):
@@ -148,15 +200,18 @@ class SecureSum(SumProtocol):
     Parameters
     ----------
     settings:
-        Public parameters (bounds, precision, graph).
+        Public parameters (bounds, precision, graph, threat model, randomness).
     seed:
-        Root of the per-round protocol seeds when ``settings.deterministic``.
+        Root of the per-round protocol seeds when ``settings.deterministic``;
+        unused otherwise (it is published with the run).
     device_encoding:
         Optional exact integer encoding done on each device before masking (see
         the module doc); the per-name bounds and ``precision_bits`` of
         ``settings`` are then not used.
     """
 
+    #: The dropout stages of the default (active-security) protocol; an instance
+    #: built with ``active_security=False`` has the four honest-but-curious ones.
     stages = tuple(s.value for s in PROTOCOL_STAGES)
 
     def __init__(
@@ -169,8 +224,23 @@ class SecureSum(SumProtocol):
         self.settings = settings or SecureSumSettings()
         self.seed = int(seed)
         self.device_encoding = device_encoding
+        self.stages = tuple(
+            s.value for s in (PROTOCOL_STAGES if self.settings.active_security else PASSIVE_STAGES)
+        )
         self.last_error_bound: dict[str, float] = {}
         self.last_bytes_per_client: float = 0.0
+        # The PKI: each device's long-term signing key, made the first time it takes
+        # part (in a deployment it lives on the device; only public keys travel).
+        self._identity_keys: dict[int, IdentityKey] = {}
+
+    def check_dropouts(self, dropouts: Mapping[int, str] | None) -> dict[int, str]:
+        """Validate dropout stages. Under the honest-but-curious protocol, which has no
+        consistency check, a device planned to drop there drops at unmasking instead."""
+        out = dict(dropouts or {})
+        if not self.settings.active_security:
+            check = Stage.CONSISTENCY_CHECK.value
+            out = {d: Stage.UNMASKING.value if s == check else s for d, s in out.items()}
+        return super().check_dropouts(out)
 
     def aggregate(
         self,
@@ -208,15 +278,11 @@ class SecureSum(SumProtocol):
             ]
             vectors.append(np.concatenate(parts) if parts else np.zeros(1))
         s = self.settings
-        config = SecAggConfig(
+        config = s.protocol_config(
             n_clients=len(devices),
             vector_length=vectors[0].size,
-            neighbours=s.neighbours,
-            threshold=s.threshold,
             clip_range=1.0,
             precision_bits=s.precision_bits,
-            sign_advertisements=s.sign_advertisements,
-            max_dropout_rate=s.max_dropout_rate,
         )
         result = self._run(round, devices, vectors, config, dropouts, channel)
         sums: dict[str, np.ndarray] = {}
@@ -249,7 +315,12 @@ class SecureSum(SumProtocol):
             if self.settings.deterministic
             else None
         )
-        result = simulate_secure_sum(vectors, config=config, dropouts=stage_drops, seed=round_seed)
+        identity = (
+            [self._identity_key(dev) for dev in devices] if config.sign_advertisements else None
+        )
+        result = simulate_secure_sum(
+            vectors, config=config, dropouts=stage_drops, seed=round_seed, identity_keys=identity
+        )
         # Record exactly what the server received, as the transcript's ground truth.
         for msg in result.server_view.received:
             channel.send(
@@ -262,6 +333,18 @@ class SecureSum(SumProtocol):
                 )
             )
         return result
+
+    def _identity_key(self, device: int) -> IdentityKey:
+        key = self._identity_keys.get(device)
+        if key is None:
+            rng = (
+                SecureRandom.from_seed(self.seed, b"secure-sum/identity", device.to_bytes(8, "big"))
+                if self.settings.deterministic
+                else SecureRandom()
+            )
+            key = IdentityKey.generate(rng)
+            self._identity_keys[device] = key
+        return key
 
     def _aggregate_encoded(
         self,
@@ -305,17 +388,9 @@ class SecureSum(SumProtocol):
                     f"{bits}-bit range [{-half}, {half}); the encoding's headroom is too small"
                 )
             vectors.append(v.astype(np.float64) + 0.5)
-        s = self.settings
         clip_range = ((1 << bits) - 1) / 2.0  # step 2R/(2^q - 1) = 1: the encoder is exact
-        config = SecAggConfig(
-            n_clients=n,
-            vector_length=int(length or 1),
-            neighbours=s.neighbours,
-            threshold=s.threshold,
-            clip_range=clip_range,
-            precision_bits=bits,
-            sign_advertisements=s.sign_advertisements,
-            max_dropout_rate=s.max_dropout_rate,
+        config = self.settings.protocol_config(
+            n_clients=n, vector_length=int(length or 1), clip_range=clip_range, precision_bits=bits
         )
         result = self._run(round, devices, vectors, config, dropouts, channel)
         m = len(result.survivors)

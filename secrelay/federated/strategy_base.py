@@ -167,8 +167,11 @@ class Strategy(abc.ABC):
         return out
 
     def aggregate(self, round: int, result: SumResult) -> dict[str, float]:
-        """Update the models from the round's sums; returns server-side statistics."""
-        if not result.survivors:
+        """Update the models from the round's sums; returns server-side statistics.
+
+        A round nobody survived changes nothing, unless a DP sum released noise alone
+        (``result.noise_only``), which is applied like any release."""
+        if not result.survivors and not result.noise_only:
             return {"survivors": 0.0}
         stats = self.apply(round, result.sums)
         return {"survivors": float(len(result.survivors)), **stats}

@@ -79,6 +79,9 @@ class Method(abc.ABC):
     supports_privacy: ClassVar[bool] = False
     # Whether devices send small queries that privacy.query_ldp protects (LCFT).
     makes_queries: ClassVar[bool] = False
+    # The flows the method can run under CKKS (docs/he.md): "selector" for
+    # privacy.he_selector (RelayRec), "matching" for privacy.he_matching (CoDA).
+    he_flows: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
@@ -99,6 +102,15 @@ class Method(abc.ABC):
                 "privacy.query_ldp protects the device queries of methods that make them; "
                 f"method.name {cls.name!r} makes none (set privacy.query_ldp = 'off')"
             )
+        for key, flow, owner in (
+            ("he_selector", "selector", "relayrec"),
+            ("he_matching", "matching", "coda"),
+        ):
+            if getattr(p, key) and flow not in cls.he_flows:
+                problems.append(
+                    f"privacy.{key} encrypts the {flow} flow, which method.name {cls.name!r} "
+                    f"does not have (only method.name = {owner!r} does); set privacy.{key} = false"
+                )
         return problems
 
     @abc.abstractmethod

@@ -7,7 +7,13 @@ integers exactly (:class:`~secrelay.federated.secure.SecureSum` with a
 :class:`~secrelay.federated.secure.DeviceEncoding`), so the server only ever decodes
 a noised sum. Privacy unit: the user (device); each round is one
 ``DistributedDiscreteGaussianEvent`` of the honest survivors, without amplification
-(the server sees who takes part).
+(the server sees who takes part), under *zero-out* adjacency: the guarantee protects
+what a participant sends (its update replaced by zeros), not whether it took part.
+
+Randomness. Under ``randomness="secure"`` (default) each device's rounding and noise
+share come from the OS CSPRNG and the SecAgg+ keys are not derived from ``seed``
+(``SecureSumSettings(deterministic=False)``); ``"reproducible"`` derives all of them
+from ``seed``.
 
 The clipping transform, the common base :class:`~secrelay.privacy.user_dp.UserLevelDPSum`
 and the central sum live in :mod:`secrelay.privacy.user_dp` (which explains the
@@ -24,8 +30,14 @@ from typing import Literal
 
 import numpy as np
 
-from protocols.dp import DistributedDiscreteGaussianPlan, DpEvent, LedgerRecord
-from protocols.errors import InvalidParameterError
+from protocols.dp import (
+    Adjacency,
+    DistributedDiscreteGaussianPlan,
+    DpEvent,
+    LedgerRecord,
+    Randomness,
+)
+from protocols.errors import InvalidParameterError, ProtocolAbort
 from protocols.secagg import SecAggConfig
 from secrelay.federated.aggregation import SumResult
 from secrelay.federated.release import ReleaseSpec
@@ -114,7 +126,9 @@ class DistributedGaussianSum(UserLevelDPSum):
     ----------
     settings:
         The :class:`SecureSum` to wrap, or the secure-sum graph settings (neighbours,
-        threshold, signing, dropout rate) of a new one.
+        threshold, signing, dropout rate) of a new one (default: keys from the seed
+        only under reproducible randomness). Under secure randomness its keys must
+        not derive from the seed (``deterministic=False``).
     scale:
         Integer units per float unit; ``None``: :func:`auto_scale` (γ = 8).
     num_colluders:
@@ -128,6 +142,7 @@ class DistributedGaussianSum(UserLevelDPSum):
     """
 
     mechanism = "dp_fedavg[distributed_discrete_gaussian]"
+    adjacency: Adjacency = "zero_out"
 
     def __init__(
         self,
@@ -142,7 +157,7 @@ class DistributedGaussianSum(UserLevelDPSum):
         headroom_sigmas: float = 12.0,
         run_id: str = "run",
         seed: int = 0,
-        secure_noise: bool = False,
+        randomness: Randomness = "secure",
         spec: ReleaseSpec | None = None,
     ) -> None:
         super().__init__(
@@ -151,16 +166,23 @@ class DistributedGaussianSum(UserLevelDPSum):
             delta=delta,
             run_id=run_id,
             seed=seed,
-            secure_noise=secure_noise,
+            randomness=randomness,
             spec=spec,
         )
         # The SecAgg+ sum this wraps: the one given, or one over ``settings``.
+        reproducible = self.randomness == "reproducible"
         self.inner = (
             settings
             if isinstance(settings, SecureSum)
-            else SecureSum(settings or SecureSumSettings(), seed=seed)
+            else SecureSum(settings or SecureSumSettings(deterministic=reproducible), seed=seed)
         )
         self.settings = self.inner.settings
+        if not reproducible and self.settings.deterministic:
+            raise InvalidParameterError(
+                "`randomness` = 'secure' but the SecAgg+ settings derive every key from the "
+                "seed (`deterministic` = True); pass SecureSumSettings(deterministic=False) "
+                "or randomness='reproducible'"
+            )
         self.scale = None if scale is None else _positive("scale", scale)
         if (
             isinstance(num_colluders, bool)
@@ -279,6 +301,13 @@ class DistributedGaussianSum(UserLevelDPSum):
         clipped, shapes = pack_contributions(contributions, self.spec, self.clipping_norm)
         if not clipped:
             return SumResult({}, ())
+        if len(clipped) < 2:
+            # SecAgg+ cannot hide one device's update: nothing is sent, nothing released.
+            raise ProtocolAbort(
+                "collect",
+                f"round {round}: {len(clipped)} device entered secure aggregation, which "
+                "needs at least 2; nothing was released",
+            )
         dimension = int(next(iter(clipped.values()))[PACKED_NAME].size)
         n = len(clipped)
         plan = self.plan(n, dimension)

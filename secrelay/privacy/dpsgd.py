@@ -34,6 +34,16 @@ a data-independent time before the update leaves the device — so the released
 update has DP-SGD's distribution exactly (the module docstring of
 :mod:`secrelay.privacy.dp_embedding`). See ``docs/privacy.md`` for measured step times.
 
+Randomness. Under ``randomness="secure"`` (default) the Poisson batch sampling and
+the noise of every training come from a fresh ``torch.Generator`` (Mersenne Twister)
+seeded with 63 bits of OS entropy (:func:`os_seeded_generator`), never from the task
+seed, which derives from the published ``run.seed``: whoever knows the config cannot
+regenerate them. It is not a cryptographic generator and its Gaussians are not
+hardened against floating-point attacks; Opacus' ``secure_mode`` (CSPRNG, hardened
+noise) needs ``torchcsprng``, which is not a dependency — ``secure_mode=True`` uses it
+when it is installed. ``"reproducible"`` draws both from the generator the program
+passes (seeded by the task), for bit-identical reruns.
+
 FedProx. The proximal term μ/2‖w − w_ref‖² does not touch data, so it costs no
 privacy; it is applied as the exact proximal step
 ``w ← (w + ημ w_ref) / (1 + ημ)`` after each private step (ghost clipping needs the
@@ -45,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import secrets
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,8 +70,10 @@ from protocols.dp import (
     GaussianEvent,
     LedgerRecord,
     PoissonSampledEvent,
+    Randomness,
     SelfComposedEvent,
     calibrate_noise_multiplier,
+    check_randomness,
     make_accountant,
 )
 from protocols.dp.local_training import (
@@ -75,10 +88,19 @@ from secrelay.models.base import CTRModel
 from secrelay.privacy.dp_embedding import SparseEmbeddingDPSGD, dense_parameters
 from secrelay.training import TrainConfig, make_optimizer
 
-__all__ = ["TRAINER_MODES", "DPSGDTrainer"]
+__all__ = ["TRAINER_MODES", "DPSGDTrainer", "os_seeded_generator"]
 
 TRAINER_MODES = (*GRAD_SAMPLE_MODES, "sparse")
 """Opacus' grad-sample modes and ``"sparse"`` (:mod:`secrelay.privacy.dp_embedding`)."""
+
+
+def os_seeded_generator() -> torch.Generator:
+    """A ``torch.Generator`` seeded with 63 bits of OS entropy (:mod:`secrets`).
+
+    What DP-SGD samples and noises with under secure randomness: unknown to anyone who
+    knows ``run.seed``, but a Mersenne Twister, not a CSPRNG (module doc).
+    """
+    return torch.Generator().manual_seed(secrets.randbits(63))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -131,6 +153,9 @@ class DPSGDTrainer(LocalTrainer):
         ``"prv"`` (default) or ``"rdp"``: calibration and Opacus' own accountant.
     run_id:
         Written into the ledger records.
+    randomness:
+        ``"secure"`` (default): sampling and noise from :func:`os_seeded_generator`,
+        ignoring the program's seeded generator; ``"reproducible"``: from it.
     secure_mode:
         Opacus secure mode (CSPRNG noise and sampling; needs ``torchcsprng``).
 
@@ -152,10 +177,15 @@ class DPSGDTrainer(LocalTrainer):
     grad_sample_mode: str = "ghost"
     accountant: str = "prv"
     run_id: str = "run"
+    randomness: Randomness = "secure"
     secure_mode: bool = False
 
     def __post_init__(self) -> None:
         problems: list[str] = []
+        try:
+            check_randomness(self.randomness)
+        except InvalidParameterError as e:
+            problems.append(str(e))
 
         def positive(name: str, value: object) -> None:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -261,6 +291,7 @@ class DPSGDTrainer(LocalTrainer):
             unit="example",
             devices=(str(data.device_id),),
             delta=float(self.target_delta),
+            adjacency="add_remove",
             noise_multiplier=z,
             sigma=z * c,
             sensitivity=c,
@@ -269,6 +300,11 @@ class DPSGDTrainer(LocalTrainer):
         )
 
     # --- training ------------------------------------------------------------------
+    def _generator(self, given: torch.Generator | None) -> torch.Generator | None:
+        """What DP-SGD samples and noises with: ``given`` (the task's seeded generator)
+        under reproducible randomness, a fresh OS-seeded one under secure randomness."""
+        return given if self.randomness == "reproducible" else os_seeded_generator()
+
     def train_round(
         self,
         model: CTRModel,
@@ -339,7 +375,7 @@ class DPSGDTrainer(LocalTrainer):
                 criterion=nn.BCEWithLogitsLoss(),
                 grad_sample_mode=self.grad_sample_mode,
                 secure_mode=self.secure_mode,
-                generator=None if self.secure_mode else generator,
+                generator=None if self.secure_mode else self._generator(generator),
                 accountant=self.accountant,
             )
             params = list(model.parameters())
@@ -368,6 +404,7 @@ class DPSGDTrainer(LocalTrainer):
         the same sampling, clipping, noise and record as the Opacus path."""
         record = self.planned_record(data, round=task.round)
         assert record.sample_rate is not None and record.steps is not None
+        generator = self._generator(generator) or generator
         private_loader = DPDataLoader.from_data_loader(loader, generator=generator)
         dense = dense_parameters(model)
         optimizer = make_optimizer(_Holder(dense), self.config) if dense else None

@@ -2,7 +2,9 @@
 
 A :class:`PrivacyPlan` is made from a run's config (:meth:`PrivacyPlan.from_config`)
 and carries only what the privacy layers need: the ``[privacy]`` section, the
-federated sampling they amplify with, the run id and the seed of reproducible noise.
+federated sampling they amplify with, the run id and the seed of reproducible
+randomness (``privacy.randomness = "reproducible"``; under the default ``"secure"``
+noise, samples and SecAgg keys come from OS entropy, never from the seed).
 
 - **Check first.** :meth:`PrivacyPlan.problems` returns every cross-section problem
   of the plan; the runner adds the method's own
@@ -27,14 +29,14 @@ User-level DP is allowed for any strategy whose ``release_spec`` covers its sums
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from protocols.dp import (
     LedgerRecord,
+    Randomness,
     calibrate_noise_multiplier,
     make_accountant,
     smallest_noise_within,
@@ -65,10 +67,13 @@ __all__ = ["PrivacyPlan", "max_participations"]
 def max_participations(
     device_ids: Sequence[int], config: RoundConfig, *, seed: int, rounds: int
 ) -> int:
-    """The most rounds any device is sampled in over rounds ``1..rounds``.
+    """The most rounds any device is sampled in over rounds ``1..rounds`` of the seeded
+    (reproducible) schedule.
 
     Sampling is data-independent (it depends on the seed and the device ids only),
-    so this number is public and may be used to calibrate per-device noise.
+    so this number is public and may be used to calibrate per-device noise. Under
+    secure randomness there is no schedule before the rounds run; the plan then
+    bounds participations by ``rounds`` (:meth:`PrivacyPlan.participations`).
     """
     counts: Counter[int] = Counter()
     for t in range(1, rounds + 1):
@@ -97,9 +102,9 @@ class PrivacyPlan:
     run_id:
         Names the run in ledger records.
     seed:
-        Seed of reproducible noise when ``privacy.secure_noise`` is off (and of the
-        SecAgg+ simulation's keys).
-    sampling, sample_rate, clients_per_round, dropout_rate:
+        Seed of the noise, device samples and SecAgg+ keys under
+        ``privacy.randomness = "reproducible"``; unused for them under ``"secure"``.
+    sampling, sample_rate, clients_per_round, dropout_rate, min_survivors:
         The federated sampling (``[federated]``) that noise calibration and
         amplification rely on.
     """
@@ -111,6 +116,7 @@ class PrivacyPlan:
     sample_rate: float = 0.1
     clients_per_round: int = 25
     dropout_rate: float = 0.0
+    min_survivors: int = 1
 
     @classmethod
     def from_config(cls, config: RunConfig) -> PrivacyPlan:
@@ -123,6 +129,7 @@ class PrivacyPlan:
             sample_rate=fed.sample_rate,
             clients_per_round=fed.clients_per_round,
             dropout_rate=fed.dropout_rate,
+            min_survivors=fed.min_survivors,
         )
 
     # --- the plan ---------------------------------------------------------------
@@ -130,19 +137,49 @@ class PrivacyPlan:
     def differential_privacy(self) -> bool:
         return self.privacy.differential_privacy
 
+    @property
+    def randomness(self) -> Randomness:
+        """``privacy.randomness``: ``"secure"`` or ``"reproducible"``."""
+        return self.privacy.randomness
+
+    @property
+    def central_poisson(self) -> bool:
+        """Central user-level DP under Poisson sampling: amplified, so every round
+        must release (:attr:`SumProtocol.always_releases`)."""
+        p = self.privacy
+        return p.user_level_dp and not p.secure_aggregation and self.sampling == "poisson"
+
     def problems(self) -> list[str]:
         """Every problem of the plan itself (the method adds its own), each naming keys."""
-        p = self.privacy
         problems: list[str] = []
-        if p.dp_sgd and p.secure_noise and importlib.util.find_spec("torchcsprng") is None:
+        if self.central_poisson and self.min_survivors > 1:
             problems.append(
-                "privacy.secure_noise with privacy.dp_sgd needs Opacus' secure mode, whose "
-                "CSPRNG backend `torchcsprng` is not installed"
+                f"federated.min_survivors = {self.min_survivors} would skip a round in which "
+                "fewer devices were sampled, which depends on who was sampled and voids the "
+                "amplification by Poisson sampling that privacy.user_level_dp (central noise) "
+                "is accounted with; every such round releases (the noise alone if nobody "
+                "took part): set federated.min_survivors = 1"
             )
         return problems
 
+    def participations(
+        self, devices: Iterable[int], config: RoundConfig, *, seed: int, rounds: int
+    ) -> int:
+        """Rounds of local training ``privacy.local_target_epsilon`` is calibrated over:
+        ``privacy.local_participations``, or (0) the most rounds any device can be
+        sampled in — from the seeded schedule under reproducible randomness, and
+        ``rounds`` under secure randomness, whose samples are not known before they
+        are drawn (a bound that always holds)."""
+        p = self.privacy
+        if p.local_participations:
+            return p.local_participations
+        if self.randomness == "secure":
+            return max(1, rounds)
+        return max_participations(list(devices), config, seed=seed, rounds=rounds)
+
     def secure_settings(self) -> SecureSumSettings:
-        """The SecAgg+ graph settings of ``[privacy]``."""
+        """The SecAgg+ graph settings of ``[privacy]``; keys from OS entropy unless
+        ``privacy.randomness = "reproducible"``."""
         p = self.privacy
         return SecureSumSettings(
             default_bound=p.secagg_default_bound,
@@ -150,6 +187,7 @@ class PrivacyPlan:
             neighbours=p.secagg_neighbours or None,
             sign_advertisements=p.secagg_sign_advertisements,
             max_dropout_rate=max(0.1, self.dropout_rate),
+            deterministic=p.randomness == "reproducible",
         )
 
     def sum_protocol(self) -> SumProtocol:
@@ -174,7 +212,7 @@ class PrivacyPlan:
             grad_sample_mode=p.grad_sample_mode,
             accountant=p.accountant,
             run_id=self.run_id,
-            secure_mode=p.secure_noise,
+            randomness=p.randomness,
         )
 
     # --- user-level noise ---------------------------------------------------------
@@ -195,7 +233,7 @@ class PrivacyPlan:
             noise_shares=p.noise_shares,
             run_id=self.run_id,
             seed=self.seed,
-            secure_noise=p.secure_noise,
+            randomness=p.randomness,
             spec=spec,
         )
 
@@ -296,7 +334,7 @@ class PrivacyPlan:
                 population=[int(d) for d in population],
                 run_id=self.run_id,
                 seed=self.seed,
-                secure_noise=p.secure_noise,
+                randomness=p.randomness,
                 spec=spec,
             )
         else:
@@ -344,10 +382,17 @@ class PrivacyPlan:
                 f"strategy {strategy.name!r} uses {weighting!r}"
             ]
         assert self.privacy.clipping_norm is not None
-        if strategy.release_spec(float(self.privacy.clipping_norm)) is None:
+        spec = strategy.release_spec(float(self.privacy.clipping_norm))
+        if spec is None:
             return [
                 f"privacy.user_level_dp: strategy {strategy.name!r} has no user-level DP "
                 "release (its release_spec() does not cover its sums)"
+            ]
+        if self.central_poisson and not spec.shapes:
+            return [
+                f"privacy.user_level_dp with federated.sampling = 'poisson': strategy "
+                f"{strategy.name!r}'s release_spec() gives no shapes, which the noise-alone "
+                "release of a round that sampled nobody needs (ReleaseSpec.shapes)"
             ]
         return []
 
@@ -382,9 +427,7 @@ class PrivacyPlan:
             raise ConfigError("; ".join(dict.fromkeys(problems)))
         participations = 1
         if p.dp_sgd and p.local_target_epsilon is not None:
-            participations = p.local_participations or max_participations(
-                list(devices), config, seed=seed, rounds=rounds
-            )
+            participations = self.participations(devices, config, seed=seed, rounds=rounds)
         program = self.private_program(program, participations=participations)
         if p.user_level_dp:
             assert p.clipping_norm is not None
@@ -401,6 +444,7 @@ class PrivacyPlan:
             config=config,
             seed=seed,
             sum_protocol=base,
+            randomness=p.randomness,
             **loop_kwargs,
         )
 
@@ -410,7 +454,8 @@ class PrivacyPlan:
         """The ledger records round ``round`` of ``loop`` could spend, before it runs.
 
         Every sampled device's DP-SGD record (a device that drops out spends less), and
-        the costliest user-level record the round can complete with.
+        the costliest user-level record the round can complete with. Under secure
+        randomness this is where the round's sample is drawn; the round reuses it.
         """
         sampled = loop.sample(round)
         out: list[LedgerRecord] = []

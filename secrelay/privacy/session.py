@@ -16,17 +16,17 @@ Resume. A crash between steps 2 and 3 leaves records of a round the checkpoint d
 not contain. :meth:`PrivacySession.reconcile` compares the ledger with the
 checkpoint's state: the records up to the checkpoint must match it byte for byte
 (otherwise the ledger is not this run's and the resume is refused); records after
-it belong to the interrupted round. With seeded noise (the default) the resumed run
-replays that round *identically* — same sampled devices, same updates, same noise —
-so the old records are dropped and re-spent once: nothing is double counted, and
-nothing new was revealed. With ``privacy.secure_noise`` the replay draws fresh noise,
-so the interrupted round's release is a second, independent release: its records
-are kept and the replay is counted again (conservative and correct).
+it belong to the interrupted round. Under ``privacy.randomness = "reproducible"`` the
+resumed run replays that round *identically* — same sampled devices, same updates,
+same noise — so the old records are dropped and re-spent once: nothing is double
+counted, and nothing new was revealed. Under ``"secure"`` (the default) the replay
+draws a fresh sample and fresh noise, so the interrupted round's release is a second,
+independent release: its records are kept and the replay is counted again
+(conservative and correct).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -209,32 +209,21 @@ class PrivacySession:
         extra = len(lines) - count
         if extra == 0:
             return
-        if self.privacy.secure_noise:
+        if self.privacy.randomness == "secure":
             self.log(
                 f"privacy ledger: keeping {extra} record(s) of the interrupted round; with "
-                "secure noise its replay is a new release and is counted again"
+                "secure randomness its replay is a new release and is counted again"
             )
             return
-        kept = list(self.ledger.records[:count])
-        tmp = self.path.with_name(f".{self.path.name}.resume.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if kept:
-            PrivacyLedger(tmp).spend(kept)
-        else:
-            tmp.write_bytes(b"")
-        if _digest(_lines(tmp)) != _digest(lines[:count]):  # pragma: no cover - invariant
-            tmp.unlink()
+        self.ledger.truncate(count)
+        if _digest(_lines(self.path)) != _state_digest(state):  # pragma: no cover - invariant
             raise DataFormatError(f"{self.path}: rewriting the ledger prefix changed its bytes")
-        os.replace(tmp, self.path)
-        if os.name == "posix":
-            fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        self.ledger = PrivacyLedger.load(self.path)
         self.log(
             f"privacy ledger: dropped {extra} record(s) of the interrupted round, which the "
-            "resumed run replays identically (seeded noise)"
+            "resumed run replays identically (reproducible randomness)"
         )
+
+
+def _state_digest(state: Mapping[str, Any] | None) -> str:
+    """The ledger digest a checkpoint's :meth:`PrivacySession.state` recorded."""
+    return str(state["digest"]) if state else _digest([])

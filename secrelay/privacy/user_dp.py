@@ -28,29 +28,48 @@ participants q·N (McMahan et al.'s fixed-denominator estimator f̃_f); otherwis
 is the number of survivors, which the server knows from the protocol anyway (and
 which the accounting below does not hide: no amplification is claimed there).
 
-Accounting (one ledger record per round, unit ``"user"``):
+Accounting (one ledger record per round, unit ``"user"``; every record names the
+neighbouring relation its ε is stated under, :data:`protocols.dp.Adjacency`):
 
-==========================  ===============================================  =======================
-noise / sampling            event per round                                  ``devices`` of the record
-==========================  ===============================================  =======================
-central, Poisson(q)         ``PoissonSampledEvent(q, GaussianEvent(z))``     the whole population
-central, fixed-size         ``GaussianEvent(z)`` (no amplification, q = 1)   the survivors
-distributed (SecAgg)        ``DistributedDiscreteGaussianEvent`` of the      the survivors
-                            honest survivors (no amplification)
-==========================  ===============================================  =======================
+==========================  ================================================  ==============  =====================
+noise / sampling            event per round                                   adjacency       ``devices``
+==========================  ================================================  ==============  =====================
+central, Poisson(q)         ``PoissonSampledEvent(q, GaussianEvent(z))``      add/remove,     the whole population
+                            (noise alone when nobody was sampled)             sensitivity C
+central, fixed-size         ``GaussianEvent(z)`` (no amplification, q = 1),   replace-one,    the survivors
+                            noise z·2C                                        sensitivity 2C
+distributed (SecAgg)        ``DistributedDiscreteGaussianEvent`` of the       zero-out,       the survivors
+                            honest survivors (no amplification)               sensitivity C
+==========================  ================================================  ==============  =====================
 
 * Poisson amplification needs the sample to be hidden from the adversary. With
   central DP the trusted server keeps it; the amplified guarantee then holds for
   every user, sampled or not, so the record lists the whole population and a
-  per-device query gives the same (correct) ε as the global one.
-* Fixed-size sampling (N of the population, without replacement) is accounted
-  without amplification: amplification by sampling without replacement holds only
-  under the replace-one relation, which the Gaussian accounting here does not use.
-  Each round then costs a full Gaussian for the devices in it.
+  per-device query gives the same (correct) ε as the global one. It also needs every
+  round to release whatever the sample: a round that sampled nobody releases the
+  noise alone (one record; the strategy applies it), and the loop never aborts or
+  skips such a round (:attr:`~secrelay.federated.aggregation.SumProtocol.always_releases`)
+  — skipping it would tell that nobody, so not the user, was sampled. And the sample
+  must be secret from whoever knows the config: under secure randomness it is drawn
+  from the OS (:class:`~secrelay.federated.loop.FederatedLoop`).
+* Fixed-size sampling (N of the population, without replacement) keeps the number
+  of participants fixed, so the neighbouring populations are those where one user's
+  data is *replaced* by another's: with the sample hidden, the removed user's slot is
+  filled by someone else and the sum moves by x_u − x_v, up to 2C. The round is
+  therefore noised and accounted at sensitivity 2C (noise z·2C, event
+  ``GaussianEvent(z)``), without amplification; the record lists the survivors, and a
+  device's ε composes the rounds it was sampled in (a guarantee given the sample,
+  which depends on no data).
 * Under secure aggregation the adversary is the server, which sees who takes part;
-  amplification does not apply against it (and the discrete-Gaussian accountant has
-  no amplification analysis). Dropouts leave fewer noise shares: the round is
-  accounted with the **actual** number of honest survivors m − ``num_colluders``.
+  the guarantee protects what a participant sends, not whether it took part
+  (zero-out: its update replaced by zeros), and amplification does not apply (the
+  discrete-Gaussian accountant has no amplification analysis either). Dropouts
+  leave fewer noise shares: the round is accounted with the **actual** number of
+  honest survivors m − ``num_colluders``.
+
+Randomness. ``randomness="secure"`` (default) draws the noise from the OS CSPRNG
+(:class:`protocols.dp.SecureGenerator`); ``"reproducible"`` from the seed, for
+reruns — the guarantee then holds only against parties who do not know the seed.
 """
 
 from __future__ import annotations
@@ -64,10 +83,13 @@ from typing import Literal
 import numpy as np
 
 from protocols.dp import (
+    Adjacency,
     DpEvent,
     GaussianEvent,
     LedgerRecord,
     PoissonSampledEvent,
+    Randomness,
+    check_randomness,
     clip_by_l2_norm,
     gaussian_mechanism,
     make_generator,
@@ -125,9 +147,14 @@ class ClipUpdate(UpdateTransform):
         return clip_by_l2_norm(delta, clipping_norm=self.clipping_norm)
 
 
-def fedavg_spec(clipping_norm: float) -> ReleaseSpec:
-    """DP-FedAvg's release: ``delta`` noised at bound C, ``weight`` a public count."""
-    return ReleaseSpec(noised=((NOISED_NAME, float(clipping_norm)),), public_counts=(WEIGHT_NAME,))
+def fedavg_spec(clipping_norm: float, dimension: int | None = None) -> ReleaseSpec:
+    """DP-FedAvg's release: ``delta`` noised at bound C, ``weight`` a public count;
+    ``dimension`` the length of ``delta`` (needed for a noise-alone release)."""
+    return ReleaseSpec(
+        noised=((NOISED_NAME, float(clipping_norm)),),
+        public_counts=(WEIGHT_NAME,),
+        shapes=() if dimension is None else ((NOISED_NAME, (int(dimension),)),),
+    )
 
 
 def _describe(spec: ReleaseSpec) -> str:
@@ -239,11 +266,12 @@ class UserLevelDPSum(SumProtocol):
     run_id:
         Written into the ledger records.
     seed:
-        Root of the per-round noise seeds (reproducible simulations, identical
-        replays on resume). ``secure_noise=True`` ignores it and draws from the OS
-        CSPRNG, as a deployment must.
-    secure_noise:
-        Draw the noise from :func:`protocols.dp.make_generator` ``(secure=True)``.
+        Root of the per-round noise seeds under ``randomness="reproducible"``
+        (simulations, identical replays on resume); ignored under ``"secure"``.
+    randomness:
+        ``"secure"`` (default): noise from :func:`protocols.dp.make_generator`
+        ``(secure=True)``, the OS CSPRNG, as a deployment must; ``"reproducible"``:
+        from ``seed`` (the guarantee then holds only against whoever does not know it).
     spec:
         Which names are noised (and their per-device bounds), which are public
         counts or copies (:class:`~secrelay.federated.release.ReleaseSpec`, given by
@@ -252,6 +280,8 @@ class UserLevelDPSum(SumProtocol):
     """
 
     mechanism: str = "dp_fedavg"
+    adjacency: Adjacency = "add_remove"
+    """The neighbouring relation of this sum's records (see the module doc)."""
 
     def __init__(
         self,
@@ -261,7 +291,7 @@ class UserLevelDPSum(SumProtocol):
         delta: float,
         run_id: str = "run",
         seed: int = 0,
-        secure_noise: bool = False,
+        randomness: Randomness = "secure",
         spec: ReleaseSpec | None = None,
     ) -> None:
         self.noise_multiplier = _positive("noise_multiplier", noise_multiplier)
@@ -273,8 +303,10 @@ class UserLevelDPSum(SumProtocol):
             raise InvalidParameterError(f"`run_id` must be a non-empty string; got {run_id!r}")
         self.run_id = run_id
         self.seed = int(seed)
-        self.secure_noise = bool(secure_noise)
+        self.randomness: Randomness = check_randomness(randomness)
         self.spec = spec if spec is not None else fedavg_spec(self.clipping_norm)
+        # L2 sensitivity of the released packed sum under :attr:`adjacency`; a
+        # replace-one subclass doubles it.
         self.sensitivity = self.spec.sensitivity(self.clipping_norm)
 
     @property
@@ -285,10 +317,11 @@ class UserLevelDPSum(SumProtocol):
     def noise_std(self) -> dict[str, float]:
         """Per-coordinate noise standard deviation of each released name (central
         Gaussian; the distributed noise is within 0.2 % of it when all survive)."""
-        return self.spec.noise_std(self.noise_multiplier)
+        factor = self.sensitivity / self.spec.sensitivity(self.clipping_norm)
+        return {k: v * factor for k, v in self.spec.noise_std(self.noise_multiplier).items()}
 
     def _generator(self, round: int, *purpose: int) -> RandomGenerator:
-        if self.secure_noise:
+        if self.randomness == "secure":
             return make_generator(secure=True)
         return np.random.default_rng(np.random.SeedSequence([self.seed, round, 17, *purpose]))
 
@@ -310,6 +343,7 @@ class UserLevelDPSum(SumProtocol):
             unit="user",
             devices=tuple(str(d) for d in devices),
             delta=self.delta,
+            adjacency=self.adjacency,
             noise_multiplier=self.noise_multiplier,
             sigma=sigma,
             sensitivity=sensitivity,
@@ -344,7 +378,9 @@ class CentralGaussianSum(UserLevelDPSum):
     inner:
         The sum protocol that delivers Σ clip(Δ_k) (plaintext: a trusted server).
     sampling:
-        ``"poisson"`` (amplified by ``sample_rate``) or ``"fixed"`` (q = 1).
+        ``"poisson"`` (add/remove adjacency, amplified by ``sample_rate``; every round
+        releases, noise alone if nobody took part) or ``"fixed"`` (replace-one
+        adjacency: sensitivity and noise 2C, q = 1).
     sample_rate:
         Poisson rate q in (0, 1] (``"poisson"`` only).
     population:
@@ -358,11 +394,15 @@ class CentralGaussianSum(UserLevelDPSum):
     >>> from secrelay.federated.aggregation import PlaintextSum
     >>> from secrelay.federated.transcript import Channel
     >>> s = CentralGaussianSum(PlaintextSum(), noise_multiplier=1.0, clipping_norm=0.5,
-    ...     delta=1e-5, sampling="poisson", sample_rate=0.5, population=(0, 1, 2, 3))
+    ...     delta=1e-5, sampling="poisson", sample_rate=0.5, population=(0, 1, 2, 3),
+    ...     spec=fedavg_spec(0.5, dimension=3))
     >>> res = s.aggregate(1, {0: {"delta": np.ones(3), "weight": np.ones(1)},
     ...                       2: {"delta": np.zeros(3), "weight": np.ones(1)}}, Channel())
     >>> res.sums["weight"], res.privacy_records[0].devices
     (array([2.]), ('0', '1', '2', '3'))
+    >>> empty = s.aggregate(2, {}, Channel())  # nobody sampled: noise alone, recorded
+    >>> empty.noise_only, empty.sums["delta"].shape, len(empty.privacy_records)
+    (True, (3,), 1)
     """
 
     mechanism = "dp_fedavg[central_gaussian]"
@@ -379,7 +419,7 @@ class CentralGaussianSum(UserLevelDPSum):
         sample_rate: float = 1.0,
         run_id: str = "run",
         seed: int = 0,
-        secure_noise: bool = False,
+        randomness: Randomness = "secure",
         spec: ReleaseSpec | None = None,
     ) -> None:
         super().__init__(
@@ -388,7 +428,7 @@ class CentralGaussianSum(UserLevelDPSum):
             delta=delta,
             run_id=run_id,
             seed=seed,
-            secure_noise=secure_noise,
+            randomness=randomness,
             spec=spec,
         )
         if sampling not in ("poisson", "fixed"):
@@ -404,6 +444,11 @@ class CentralGaussianSum(UserLevelDPSum):
         self.sample_rate = float(sample_rate)
         self.population = tuple(sorted(int(d) for d in population))
         self.stages = tuple(inner.stages)
+        self.always_releases = sampling == "poisson"
+        if sampling == "fixed":
+            # Replace-one: another device fills a removed device's slot (module doc).
+            self.adjacency = "replace_one"
+            self.sensitivity = 2.0 * self.spec.sensitivity(self.clipping_norm)
 
     @property
     def expected_participants(self) -> float:
@@ -429,8 +474,8 @@ class CentralGaussianSum(UserLevelDPSum):
         min_survivors: int,
         dropouts: bool,
     ) -> LedgerRecord | None:
-        if not sampled:
-            return None
+        if not sampled and self.sampling != "poisson":
+            return None  # a fixed-size round with nobody in it releases nothing
         return self._record(
             round,
             self.event(),
@@ -451,9 +496,14 @@ class CentralGaussianSum(UserLevelDPSum):
         packed, shapes = pack_contributions(contributions, self.spec, self.clipping_norm)
         result = self.inner.aggregate(round, packed, channel, dropouts=dropouts)
         survivors = tuple(result.survivors)
-        if not survivors:
+        if survivors:
+            total = np.asarray(result.sums[PACKED_NAME], dtype=np.float64)
+        elif self.sampling == "poisson":
+            # Nobody took part: release the noise alone, as any other round would.
+            shapes = self._empty_shapes(shapes)
+            total = np.zeros(self._packed_size(shapes), dtype=np.float64)
+        else:
             return SumResult({}, survivors)
-        total = np.asarray(result.sums[PACKED_NAME], dtype=np.float64)
         noisy, event = gaussian_mechanism(
             total,
             noise_multiplier=self.noise_multiplier,
@@ -473,4 +523,20 @@ class CentralGaussianSum(UserLevelDPSum):
             sample_rate=self.sample_rate if self.sampling == "poisson" else None,
         )
         sums = unpack_sum(noisy, self.spec, self.clipping_norm, shapes, denominator)
-        return SumResult(sums, survivors, privacy_records=(record,))
+        return SumResult(sums, survivors, privacy_records=(record,), noise_only=not survivors)
+
+    def _empty_shapes(self, seen: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+        """Shapes of the noised names for a round nobody survived: those the
+        contributions had (everyone dropped out), else the spec's."""
+        if all(name in seen for name, _ in self.spec.noised):
+            return dict(seen)
+        if not self.spec.shapes:
+            raise InvalidParameterError(
+                "a Poisson round that sampled nobody releases noise alone, whose shape the "
+                "release spec must give: pass a `spec` with `shapes` (every built-in "
+                "strategy's release_spec() gives them)"
+            )
+        return {name: tuple(shape) for name, shape in self.spec.shapes}
+
+    def _packed_size(self, shapes: Mapping[str, tuple[int, ...]]) -> int:
+        return sum(int(np.prod(shapes[name], dtype=np.int64)) for name, _ in self.spec.noised)

@@ -20,7 +20,9 @@ def _cfg(method: dict, secure: bool, model: str = "dcnv2") -> RunConfig:
             "local": {"epochs": 1, "batch_size": 15, "lr": 0.01, "optimizer": "sgd"},
             "federated": {"rounds": 3, "clients_per_round": 5},
             "method": method,
-            "privacy": {"secure_aggregation": secure},
+            # Plaintext and SecAgg runs compare round by round only when both draw the
+            # same device samples: reproducible randomness (the default is "secure").
+            "privacy": {"secure_aggregation": secure, "randomness": "reproducible"},
         }
     )
 
@@ -64,7 +66,9 @@ def _relayrec_cfg(secure: bool) -> RunConfig:
                     "selection": "random",
                 },
             },
-            "privacy": {"secure_aggregation": secure},
+            # Plaintext and SecAgg runs compare round by round only when both draw the
+            # same device samples: reproducible randomness (the default is "secure").
+            "privacy": {"secure_aggregation": secure, "randomness": "reproducible"},
         }
     )
 

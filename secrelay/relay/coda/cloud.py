@@ -28,11 +28,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from protocols.dp.rng import RandomGenerator
 from protocols.errors import InvalidParameterError, MessageError
 from secrelay.data.dataset import CTRDataset
 from secrelay.federated.messages import SERVER, QueryMessage, ReplyMessage
 from secrelay.relay.coda.matching import KNNMatcher, VectorMode, user_vectors
 from secrelay.relay.coda.payload import BATCH_TOPIC, MATCH_TOPIC, SampleBatch, encode_payload
+from secrelay.relay.coda.privatize import SamplePrivatizer
 
 __all__ = [
     "CloudSampleStore",
@@ -100,6 +102,12 @@ class CloudSampleStore:
         user-id field by default; DESIGN.md "CoDA samples sent down").
     batch_size, max_batch_size, max_batches_per_day:
         25, 40 and 12 in the paper.
+    privatizer, generator:
+        Privatized release (:mod:`secrelay.relay.coda.privatize`): each sample's user
+        fields are randomized once, at its first release; the IDs a device receives
+        are handles drawn for it, not pool rows; a device's matched samples are
+        shuffled before batching. ``generator`` draws all of it. Newly released
+        samples per pool user accumulate in :attr:`pending_releases`.
     """
 
     def __init__(
@@ -110,7 +118,11 @@ class CloudSampleStore:
         batch_size: int = 25,
         max_batch_size: int = 40,
         max_batches_per_day: int = 12,
+        privatizer: SamplePrivatizer | None = None,
+        generator: RandomGenerator | None = None,
     ) -> None:
+        if privatizer is not None and generator is None:
+            raise InvalidParameterError("a privatized sample store needs a `generator`")
         self.schema = pool.schema
         strip = (pool.schema.user_id_field,) if strip_fields is None else tuple(strip_fields)
         x = np.array(pool.x)
@@ -128,6 +140,12 @@ class CloudSampleStore:
         self.device_batches: dict[int, list[int]] = {}
         self.batch_samples: dict[int, np.ndarray] = {}
         self._served: dict[int, int] = {}
+        self.privatizer = privatizer
+        self._gen = generator
+        self._pool_user = np.asarray(pool.user)
+        self._released: dict[int, np.ndarray] = {}
+        self._next_handle = 0
+        self.pending_releases: dict[int, int] = {}
 
     def matched_sample_ids(self, matched_users: np.ndarray) -> np.ndarray:
         """Sample IDs of the matched pool users (nearest user first, each ID once)."""
@@ -139,6 +157,9 @@ class CloudSampleStore:
     def assign(self, device: int, matched_users: np.ndarray) -> list[int]:
         """Build ``device``'s batches from its matched users; returns the batch IDs."""
         ids = self.matched_sample_ids(matched_users)
+        if self.privatizer is not None and ids.size:
+            assert self._gen is not None
+            ids = ids[np.argsort(np.asarray(self._gen.random(size=ids.size)), kind="stable")]
         for i in ids.tolist():
             self.sample_mapping.setdefault(int(i), int(i))
         batch_ids = []
@@ -153,7 +174,30 @@ class CloudSampleStore:
     def payload(self, batch_id: int) -> bytes:
         ids = self.batch_samples[batch_id]
         rows = np.array([self.sample_mapping[int(i)] for i in ids], dtype=np.int64)
-        return encode_payload(SampleBatch(ids, self._x[rows], self._y[rows]))
+        if self.privatizer is None:
+            return encode_payload(SampleBatch(ids, self._x[rows], self._y[rows]))
+        return encode_payload(self._private_batch(rows))
+
+    def _private_batch(self, rows: np.ndarray) -> SampleBatch:
+        """Randomize never-released rows (once), send the released copies under fresh
+        handles."""
+        assert self.privatizer is not None and self._gen is not None
+        new = [int(r) for r in rows if int(r) not in self._released]
+        if new:
+            fresh = self.privatizer.randomize(self._x[new], self._gen)
+            for r, row in zip(new, fresh):
+                self._released[r] = row
+                u = int(self._pool_user[r])
+                self.pending_releases[u] = self.pending_releases.get(u, 0) + 1
+        x = np.stack([self._released[int(r)] for r in rows]) if rows.size else self._x[rows]
+        handles = np.arange(self._next_handle, self._next_handle + rows.size, dtype=np.int64)
+        self._next_handle += rows.size
+        return SampleBatch(handles, x, self._y[rows])
+
+    def drain_releases(self) -> dict[int, int]:
+        """Newly released samples per pool user since the last call."""
+        out, self.pending_releases = self.pending_releases, {}
+        return out
 
     def fetch(
         self, device: int, day: int, *, max_batches: int | None = None
@@ -235,6 +279,7 @@ class CoDACloud:
     k: int
     index_seconds: float = 0.0
     match_seconds: float = 0.0
+    pool_vectors: np.ndarray | None = None
 
     @classmethod
     def build(
@@ -248,6 +293,8 @@ class CoDACloud:
         batch_size: int = 25,
         max_batch_size: int = 40,
         max_batches_per_day: int = 12,
+        privatizer: SamplePrivatizer | None = None,
+        generator: RandomGenerator | None = None,
     ) -> CoDACloud:
         """Vectors of the pool users (``pool``, the pre-regulation data), their KNN
         index and the sample store that serves their samples."""
@@ -259,8 +306,10 @@ class CoDACloud:
             batch_size=batch_size,
             max_batch_size=max_batch_size,
             max_batches_per_day=max_batches_per_day,
+            privatizer=privatizer,
+            generator=generator,
         )
-        return cls(matcher, store, k, index_seconds=time.perf_counter() - t)
+        return cls(matcher, store, k, index_seconds=time.perf_counter() - t, pool_vectors=pool_vecs)
 
     def serve(self, request: QueryMessage, *, days: int) -> list[list[ReplyMessage]]:
         """Match the requester (day 0) and send its batches on each of ``days`` days;
@@ -273,3 +322,11 @@ class CoDACloud:
             for day in range(1, days)
         ]
         return [first, *later]
+
+    def serve_users(
+        self, device: int, round: int, users: np.ndarray, *, days: int
+    ) -> list[list[ReplyMessage]]:
+        """Send ``device`` the samples of ``users`` (matched elsewhere, e.g. by the
+        encrypted matching) on each of ``days`` days."""
+        self.store.assign(device, np.asarray(users, dtype=np.int64))
+        return [batch_replies(self.store, device, round=round, day=day) for day in range(days)]

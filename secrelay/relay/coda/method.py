@@ -7,6 +7,7 @@ with the matching on the server in between, and scores every variant.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -14,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from protocols.dp import LedgerRecord
-from protocols.errors import ConfigError
+from protocols.dp.rng import RandomGenerator, make_generator
+from protocols.errors import ConfigError, InvalidParameterError
 from secrelay.config import RunConfig
 from secrelay.data.dataset import CTRDataset
 from secrelay.federated.client import DeviceOutput, DeviceTask, load_flat_parameters
@@ -22,6 +24,7 @@ from secrelay.federated.messages import QueryMessage, ReplyMessage
 from secrelay.methods import Method, RunContext, make_train_config, train_cloud_model
 from secrelay.metrics import Metrics, evaluate_predictions
 from secrelay.relay.coda.cloud import CoDACloud
+from secrelay.relay.coda.he_matching import HEMatchServer, encrypted_match
 from secrelay.relay.coda.matching import default_user_feature, field_embedding_table
 from secrelay.relay.coda.options import CoDAOptions
 from secrelay.relay.coda.payload import match_request
@@ -32,6 +35,7 @@ from secrelay.relay.coda.privacy import (
     planned_records,
     privacy_problems,
 )
+from secrelay.relay.coda.privatize import SamplePrivatizer
 from secrelay.relay.coda.program import M0_KEY, CoDAProgram, CoDATask, UserVectorProgram
 from secrelay.relay.coda.training import DPSGDSettings
 from secrelay.training import predict
@@ -45,13 +49,18 @@ class CoDAMethod(Method):
 
     name = "coda"
     supports_privacy = True
+    he_flows = frozenset({"matching"})
 
     @classmethod
     def privacy_problems(cls, config: RunConfig) -> list[str]:
-        return [
-            *super().privacy_problems(config),
-            *privacy_problems(config, CoDAOptions.from_mapping(config.method.options)),
-        ]
+        options = CoDAOptions.from_mapping(config.method.options)
+        problems = [*super().privacy_problems(config), *privacy_problems(config, options)]
+        if config.privacy.he_matching:
+            try:
+                options.he_parameters()
+            except InvalidParameterError as exc:
+                problems.append(f"method.options.he_* (privacy.he_matching): {exc}")
+        return problems
 
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
@@ -137,18 +146,58 @@ class CoDAMethod(Method):
             self.ctx.executor.start({d: self.ctx.data.devices[d] for d in devices})
             self._started = True
 
+    def _generator(self, round: int, stream: int) -> RandomGenerator:
+        """Randomness of a privacy measure (pool order, sample randomization): the OS
+        CSPRNG, or ``run.seed`` under ``privacy.randomness = "reproducible"``."""
+        if self.ctx.config.privacy.randomness == "secure":
+            return make_generator(secure=True)
+        return np.random.default_rng(np.random.SeedSequence([self.ctx.seed, round, stream]))
+
+    def _he_check(
+        self, cloud: CoDACloud, he: HEMatchServer, vector: np.ndarray, users: np.ndarray
+    ) -> None:
+        """The experimenter's top-K check: the encrypted pick against plaintext KNN on
+        the same vector, as a set and up to ties (equal distances)."""
+        plain = cloud.matcher.match(vector[None, :], k=self.options.k)[0]
+        he.stats.topk_exact += int(set(plain.tolist()) == set(users.tolist()))
+        assert cloud.pool_vectors is not None
+        row = {int(u): i for i, u in enumerate(cloud.matcher.pool_users)}
+        v = np.asarray(vector, dtype=np.float64)
+
+        def dist(us: np.ndarray) -> np.ndarray:
+            assert cloud.pool_vectors is not None
+            x = np.asarray(cloud.pool_vectors, dtype=np.float64)[[row[int(u)] for u in us]]
+            return np.sort(((x - v) ** 2).sum(axis=1))
+
+        he.stats.topk_ties += int(np.allclose(dist(plain), dist(users), rtol=0, atol=1e-6))
+
     def _tasks(
-        self, round: int, devices: list[int], vectors: list[DeviceOutput], cloud: CoDACloud
+        self,
+        round: int,
+        devices: list[int],
+        vectors: list[DeviceOutput],
+        cloud: CoDACloud,
+        he: HEMatchServer | None = None,
     ) -> list[CoDATask]:
         """The server's side: each device's match request, answered with its batches
-        for every day (all through the channel), and its learning task."""
+        for every day (all through the channel), and its learning task. With ``he``
+        the request is encrypted (:mod:`~secrelay.relay.coda.he_matching`)."""
         channel = self.ctx.channel
         private = self.ctx.config.privacy.dp_sgd
         tasks = []
         for dev, out in zip(devices, vectors):
-            req = channel.send(match_request(dev, round, out.contribution["user_vector"]))
-            assert isinstance(req, QueryMessage)
-            days = tuple(self._deliver(r) for r in cloud.serve(req, days=self.options.days))
+            if he is not None:
+                vec = np.asarray(out.contribution["user_vector"])
+                users = encrypted_match(
+                    dev, round, vec, k=self.options.k, channel=channel, server=he
+                )
+                self._he_check(cloud, he, vec, users)
+                served = cloud.serve_users(dev, round, users, days=self.options.days)
+                days = tuple(self._deliver(r) for r in served)
+            else:
+                req = channel.send(match_request(dev, round, out.contribution["user_vector"]))
+                assert isinstance(req, QueryMessage)
+                days = tuple(self._deliver(r) for r in cloud.serve(req, days=self.options.days))
             dp, uses = self._dp_plan(dev) if private else (None, ())
             seed = int(np.random.SeedSequence([self.ctx.seed, dev, 5]).generate_state(1)[0] % 2**31)
             tasks.append(
@@ -178,6 +227,11 @@ class CoDAMethod(Method):
         t0 = time.perf_counter()
         feature = self._feature()
         emb = self._embedding(feature)
+        privatizer = (
+            SamplePrivatizer(self.ctx.data.cloud.schema, o.sample_epsilon)
+            if o.privatize_samples
+            else None
+        )
         cloud = CoDACloud.build(
             self.ctx.data.cloud,
             feature,
@@ -187,14 +241,32 @@ class CoDAMethod(Method):
             batch_size=o.batch_size,
             max_batch_size=o.max_batch_size,
             max_batches_per_day=o.max_batches_per_day,
+            privatizer=privatizer,
+            generator=self._generator(round, 47) if privatizer is not None else None,
         )
+        he = None
+        if self.ctx.config.privacy.he_matching:
+            assert cloud.pool_vectors is not None
+            he = HEMatchServer(
+                cloud.matcher.pool_users,
+                cloud.pool_vectors,
+                o.he_parameters(),
+                generator=self._generator(round, 43) if o.he_shuffle_pool else None,
+            )
         devices = self._devices()
         self._start(devices)
         executor = self.ctx.executor
         ask = UserVectorProgram(feature, o.vector_mode, emb)
         asks = [DeviceTask(device_id=d, round=round, models={}, seed=0) for d in devices]
         vectors = executor.map(ask, asks)
-        tasks = self._tasks(round, devices, vectors, cloud)
+        tasks = self._tasks(round, devices, vectors, cloud, he)
+        pool_records = (
+            privatizer.records(
+                cloud.store.drain_releases(), run_id=self.ctx.config.run.name, round=round
+            )
+            if privatizer is not None
+            else []
+        )
         learn = CoDAProgram(
             o, self.ctx.model_spec, make_train_config(self.ctx.config.local), self._sigmas()
         )
@@ -219,8 +291,34 @@ class CoDAMethod(Method):
                 "seconds": time.perf_counter() - t0,
             }
         )
+        if he is not None:
+            rec.update(he.stats.as_metrics())
+        if privatizer is not None:
+            rec.update(self._privatized(privatizer, pool_records))
         self.extra = rec
         return rec
+
+    def _privatized(
+        self, privatizer: SamplePrivatizer, records: list[LedgerRecord]
+    ) -> dict[str, float]:
+        """Write the pool users' records to ``coda_pool_ledger.jsonl`` and summarise.
+
+        They are not in the run's privacy ledger: its user-level ε composes *every*
+        user-level record into one global ε (the guarantee of a device in every
+        round), which would sum different pool users' releases; a per-pool-user unit
+        needs a ledger change (docs/he.md, *Privatized samples*)."""
+        path = self.ctx.run_dir / "coda_pool_ledger.jsonl"
+        with path.open("a", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r.to_dict(), sort_keys=True) + "\n")
+        counts = [r.steps or 0 for r in records]
+        return {
+            "privatized/epsilon_per_sample": float(privatizer.epsilon),
+            "privatized/samples_released": float(sum(counts)),
+            "privatized/pool_users": float(len(records)),
+            "privatized/max_pool_user_epsilon": float(max(counts, default=0))
+            * float(privatizer.epsilon),
+        }
 
     def _collect(self, devices: list[int], outputs: list[DeviceOutput]) -> dict[str, float]:
         """Pool the devices' test predictions, and M0's (the Cloud baseline, scored

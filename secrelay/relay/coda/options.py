@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocols.errors import ConfigError
+from protocols.he import CKKSParameters
 from secrelay.options import parse_options
 from secrelay.relay.coda.matching import VectorMode
 
@@ -73,6 +74,18 @@ class CoDAOptions:
         Also score, for every σ, plain fine-tuning (no gate) on all local rows +
         the kept matched samples (``sigma_<σ>_nogate``): the augmentation's effect
         without Algorithm 3's gate (only with ``gate = true``).
+    privatize_samples, sample_epsilon:
+        Send matched samples privatized (:mod:`secrelay.relay.coda.privatize`): handles
+        instead of sample IDs, the user fields other than the id randomized at
+        ``sample_epsilon`` per released sample (in (0, 50]), batches shuffled. Off:
+        only the user-id field is stripped.
+    he_poly_modulus_degree, he_coeff_mod_bit_sizes, he_scale_bits:
+        CKKS parameters of the encrypted matching (``privacy.he_matching``; default
+        N = 8192, primes 60-40-60, Δ = 2^40); refused below 128-bit security.
+    he_shuffle_pool:
+        Under ``privacy.he_matching``: return each request's scores in a fresh random
+        pool order (the device cannot link scores across requests); costs a re-encoding
+        of the pool per request.
 
     Examples
     --------
@@ -100,12 +113,27 @@ class CoDAOptions:
     max_devices: int = 0
     baselines: bool = True
     ungated: bool = False
+    privatize_samples: bool = False
+    sample_epsilon: float = 1.0
+    he_poly_modulus_degree: int = 8192
+    he_coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 60)
+    he_scale_bits: int = 40
+    he_shuffle_pool: bool = True
 
     def __post_init__(self) -> None:
         problems = option_problems(dataclasses.asdict(self))
         if problems:
             raise ConfigError("; ".join(problems))
         object.__setattr__(self, "sigma_sweep", tuple(float(s) for s in self.sigma_sweep))
+        object.__setattr__(
+            self, "he_coeff_mod_bit_sizes", tuple(int(b) for b in self.he_coeff_mod_bit_sizes)
+        )
+
+    def he_parameters(self) -> CKKSParameters:
+        """The encrypted matching's CKKS parameters (raises InvalidParameterError)."""
+        return CKKSParameters(
+            self.he_poly_modulus_degree, self.he_coeff_mod_bit_sizes, self.he_scale_bits
+        )
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> CoDAOptions:
@@ -129,7 +157,7 @@ def option_problems(o: Mapping[str, Any]) -> list[str]:
     for key in _AT_LEAST_ONE:
         need(is_int(o[key]) and o[key] >= 1, key, "an int >= 1")
     need(is_int(o["max_devices"]) and o["max_devices"] >= 0, "max_devices", "an int >= 0")
-    for key in ("baselines", "ungated", "gate"):
+    for key in ("baselines", "ungated", "gate", "privatize_samples", "he_shuffle_pool"):
         need(isinstance(o[key], bool), key, "true or false")
     if o["ungated"] and o["gate"] is False:
         problems.append(
@@ -145,6 +173,12 @@ def option_problems(o: Mapping[str, Any]) -> list[str]:
     need(0 < o["classifier_fraction"] <= 1, "classifier_fraction", "in (0, 1]")
     need(0 < o["validation_fraction"] < 1, "validation_fraction", "in (0, 1)")
     need(o["classifier_lr"] > 0, "classifier_lr", "> 0")
+    eps = o["sample_epsilon"]
+    need(
+        isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0 < eps <= 50,
+        "sample_epsilon",
+        "in (0, 50]",
+    )
     need(o["vector_mode"] in ("onehot", "embedding"), "vector_mode", "'onehot' or 'embedding'")
     if is_int(o["batch_size"]) and is_int(o["max_batch_size"]):
         need(o["max_batch_size"] >= o["batch_size"], "max_batch_size", ">= batch_size")

@@ -236,7 +236,7 @@ def device_dp_plan(
         grad_sample_mode=p.grad_sample_mode,
         accountant=p.accountant,
         run_id=config.run.name,
-        secure_mode=p.secure_noise,
+        randomness=p.randomness,
     )
     return settings, uses
 
@@ -261,6 +261,7 @@ def planned_records(
             unit="example",
             devices=(str(device),),
             delta=dp.delta,
+            adjacency="add_remove",
             noise_multiplier=z,
             sigma=z * c,
             sensitivity=c,

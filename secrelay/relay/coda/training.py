@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from protocols.dp import LedgerRecord
+from protocols.dp import LedgerRecord, Randomness
 from protocols.dp.local_training import (
     GRAD_SAMPLE_MODES,
 )
@@ -137,6 +137,10 @@ class DPSGDSettings:
         ``"prv"`` or ``"rdp"`` (Opacus' own accountant; the ledger is accounted by the run).
     run_id:
         Written into the ledger records.
+    randomness:
+        ``"secure"`` (default): DP-SGD samples and noises from OS entropy, ignoring the
+        seeded generator it is given; ``"reproducible"``: from that generator
+        (:class:`~secrelay.privacy.dpsgd.DPSGDTrainer`).
     secure_mode:
         Opacus secure mode (CSPRNG noise and sampling; needs ``torchcsprng``).
     """
@@ -147,6 +151,7 @@ class DPSGDSettings:
     grad_sample_mode: str = "ghost"
     accountant: str = "prv"
     run_id: str = "run"
+    randomness: Randomness = "secure"
     secure_mode: bool = False
 
     def __post_init__(self) -> None:
@@ -242,6 +247,7 @@ def private_train(
         grad_sample_mode=dp.grad_sample_mode,
         accountant=dp.accountant,
         run_id=dp.run_id,
+        randomness=dp.randomness,
         secure_mode=dp.secure_mode,
     )
     out = trainer.train_private(

@@ -170,6 +170,7 @@ class LCFTMethod(Method):
             seed=self.ctx.seed,
             channel=self.ctx.channel,
             executor=self.ctx.executor,
+            randomness=self.ctx.privacy.randomness,
         )
 
     def num_rounds(self) -> int:
@@ -193,7 +194,7 @@ class LCFTMethod(Method):
         )
 
     def _query_generator(self, round: int, device: int) -> RandomGenerator:
-        if self.ctx.config.privacy.secure_noise:
+        if self.ctx.config.privacy.randomness == "secure":
             return make_generator(secure=True)
         return np.random.default_rng(np.random.SeedSequence([self.ctx.seed, round, device, 29]))
 

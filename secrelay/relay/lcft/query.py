@@ -270,6 +270,7 @@ class CTRQuery:
             unit="user",
             devices=tuple(str(d) for d in devices),
             delta=self.delta if gaussian else 0.0,
+            adjacency="replace_one",  # a local randomizer: any two values of w_i
             noise_multiplier=self.noise_multiplier,
             sigma=self.noise_multiplier if gaussian else None,
             sensitivity=1.0,

@@ -3,8 +3,10 @@ starts from.
 
 At set-up (round 0) every device downloads the item space, computes its preference
 vector p_u from its own train data and obtains k_u from the selector — by a
-:class:`~secrelay.federated.messages.QueryMessage` the server answers (the flow a
-CKKS layer will encrypt) or by running the downloaded selector locally; the
+:class:`~secrelay.federated.messages.QueryMessage` the server answers (in the clear,
+or encrypted under CKKS with ``privacy.he_selector``,
+:mod:`~secrelay.relay.relayrec.he_selector`) or by running the downloaded selector
+locally; the
 ``random`` and ``optimal`` ablations choose otherwise. The device keeps k_u in its
 private state. Every message crosses the run's
 :class:`~secrelay.federated.transcript.Channel`, so the transcript shows what left
@@ -21,6 +23,7 @@ from secrelay.federated.client import DeviceData, ModelSpec, load_flat_parameter
 from secrelay.federated.messages import SERVER, ModelDownload, QueryMessage, ReplyMessage
 from secrelay.federated.transcript import Channel
 from secrelay.metrics import logloss
+from secrelay.relay.relayrec.he_selector import HESelectorServer, encrypted_select
 from secrelay.relay.relayrec.options import RelayRecOptions
 from secrelay.relay.relayrec.selector import ItemSpace, SelectorWeights, selector_logits
 from secrelay.training import predict
@@ -43,12 +46,16 @@ def select_device_key(
     initial: Mapping[str, np.ndarray],
     spec: ModelSpec,
     seed: int,
+    he: HESelectorServer | None = None,
 ) -> str:
     """Algorithm 3, steps 1–2, for one device: which initial model it starts from.
 
     The server's part (answering a query) is the only code here that reads a
     device's message; the device's part reads only its own data and what it
-    downloaded. Every message goes through ``channel`` (round 0).
+    downloaded. Every message goes through ``channel`` (round 0). With ``he`` (the
+    server of ``privacy.he_selector``) the query is encrypted
+    (:func:`~secrelay.relay.relayrec.he_selector.encrypted_select`): the server sees a
+    CKKS ciphertext of p_u, never p_u.
     """
     dev = device.device_id
     if opts.selection == "random":
@@ -73,6 +80,8 @@ def select_device_key(
     )
     assert isinstance(pub, ReplyMessage)
     p_u = ItemSpace.from_arrays(device.train.schema, pub.arrays).preference(device.train)
+    if he is not None:
+        return keys[int(np.argmax(encrypted_select(dev, p_u, channel=channel, server=he)))]
     if opts.selector_path == "local":
         w = channel.send(
             ReplyMessage(

@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from protocols.errors import InvalidParameterError
 from secrelay.checkpoint import atomic_write_text
+from secrelay.config import RunConfig
 from secrelay.federated.client import PlainTrainer, PrivateKey, single_thread
 from secrelay.federated.loop import DeviceStore, evaluate_keyed
 from secrelay.federated.strategies import Strategy
@@ -36,6 +38,11 @@ from secrelay.relay.relayrec.cloud import (
     user_representations,
 )
 from secrelay.relay.relayrec.device import select_device_key
+from secrelay.relay.relayrec.he_selector import (
+    HESelectorServer,
+    square_selector_logits,
+    train_square_selector,
+)
 from secrelay.relay.relayrec.options import RelayRecOptions
 from secrelay.relay.relayrec.selector import fit_item_space, train_selector
 from secrelay.relay.relayrec.strategy import _make_strategy
@@ -52,10 +59,34 @@ class RelayRecMethod(LoopMethod):
     its data (:meth:`ClusteredStrategy.release_spec
     <secrelay.federated.strategies.ClusteredStrategy.release_spec>`); it switches the
     clustered collaboration to uniform device weights. The cloud phase uses only
-    the cloud's own (pre-regulation) data and spends nothing.
+    the cloud's own (pre-regulation) data and spends nothing. ``he_selector`` trains
+    the HE-friendly (square-activation) selector and encrypts every device's query
+    under CKKS (:mod:`~secrelay.relay.relayrec.he_selector`); its traffic and time
+    are in round 1's record (``he/selector_*``). Every device downloads all K
+    initial models in every round, so the server never learns the chosen key from
+    the downloads (docs/he.md, *All K models down*).
     """
 
     name = "relayrec"
+    he_flows = frozenset({"selector"})
+
+    @classmethod
+    def privacy_problems(cls, config: RunConfig) -> list[str]:
+        problems = super().privacy_problems(config)
+        if not config.privacy.he_selector:
+            return problems
+        opts = RelayRecOptions.from_mapping(config.method.options)
+        if opts.selection != "selector" or opts.selector_path != "query":
+            problems.append(
+                "privacy.he_selector encrypts the selector query: it needs "
+                "method.options.selection = 'selector' and selector_path = 'query'; got "
+                f"selection = {opts.selection!r}, selector_path = {opts.selector_path!r}"
+            )
+        try:
+            opts.he_parameters()
+        except InvalidParameterError as exc:
+            problems.append(f"method.options.he_* (privacy.he_selector): {exc}")
+        return problems
 
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
@@ -77,7 +108,19 @@ class RelayRecMethod(LoopMethod):
             item_space, item_labels = fit_item_space(server, cloud, opts.num_categories, seed=seed)
             by_user = cloud.by_user()
             prefs = np.stack([item_space.preference(cloud.subset(by_user[int(u)])) for u in users])
-            selector, acc = train_selector(
+            he: HESelectorServer | None = None
+            if self.ctx.config.privacy.he_selector:
+                square, acc = train_square_selector(
+                    prefs,
+                    labels,
+                    opts.num_clusters,
+                    hidden=opts.selector_hidden,
+                    epochs=opts.selector_epochs,
+                    lr=opts.selector_lr,
+                    seed=seed,
+                )
+                he = HESelectorServer(square, opts.he_parameters(), radix=opts.he_radix)
+            selector, acc_relu = train_selector(
                 prefs,
                 labels,
                 opts.num_clusters,
@@ -86,6 +129,8 @@ class RelayRecMethod(LoopMethod):
                 lr=opts.selector_lr,
                 seed=seed,
             )
+            if he is None:
+                acc = acc_relu
             initial, model_stats = build_initial_models(
                 self.ctx.model_spec, cloud, users, labels, opts, cloud_train, seed=seed
             )
@@ -109,9 +154,14 @@ class RelayRecMethod(LoopMethod):
                     initial=initial,
                     spec=self.ctx.model_spec,
                     seed=seed,
+                    he=he,
                 )
                 store.update(dev, {"model_key": key, "selection": opts.selection})
                 choice[dev] = key
+                if he is not None:  # the experimenter's check (both sides known here)
+                    p_u = item_space.preference(dd.train)
+                    plain = self.keys[int(np.argmax(square_selector_logits(he.weights, p_u)))]
+                    he.stats.plaintext_agreement += int(plain == key)
         counts = {k: sum(1 for v in choice.values() if v == k) for k in self.keys}
         log(f"relayrec devices: chosen initial models {counts}")
         self.cloud_stats = {
@@ -122,6 +172,13 @@ class RelayRecMethod(LoopMethod):
             "device_choices": counts,
             "initial_models": model_stats,
         }
+        if he is not None:
+            self.cloud_stats["selector_relu_train_accuracy"] = acc_relu
+            self.cloud_stats["he_selector"] = {
+                **he.stats.as_metrics(),
+                "he/selector_galois_steps": list(he.layout.galois_steps),
+                "he/selector_input_dim": he.layout.inputs,
+            }
         atomic_write_text(
             self.ctx.run_dir / "relayrec_cloud.json",
             json.dumps(self.cloud_stats, indent=2, default=float),
@@ -170,6 +227,9 @@ class RelayRecMethod(LoopMethod):
             rec["selector_train_accuracy"] = self.cloud_stats.get("selector_train_accuracy")
             for k, v in self.cloud_stats.get("device_choices", {}).items():
                 rec[f"devices/{k}"] = v
+            for k, v in self.cloud_stats.get("he_selector", {}).items():
+                if not isinstance(v, list):
+                    rec[k] = v
         return rec
 
     def device_keys(self) -> dict[int, str]:

@@ -15,6 +15,10 @@ option              values (default first)
 ``collaboration``   ``clustered_fedprox`` (RelayRec), ``clustered_fedavg``,
                     ``fedprox``, ``fedavg``, ``standalone``
 ==================  ==========================================================
+
+With ``[privacy] he_selector = true`` the selector is the HE-friendly one (square
+activation, :mod:`~secrelay.relay.relayrec.he_selector`) and the query is CKKS
+encrypted; ``he_*`` options set its parameters (docs/he.md).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from protocols.he import CKKSParameters
 from secrelay.options import parse_options
 
 __all__ = ["RelayRecOptions"]
@@ -70,6 +75,12 @@ class RelayRecOptions:
         Under ``privacy.user_level_dp``: the share w of the per-cluster device counts
         in the release's sensitivity C·√(1 + w²), in (0, 1] (default 0.25: the update
         sums get 3 % more noise than DP-FedAvg's, the counts z·√(1 + w²)/w each).
+    he_poly_modulus_degree, he_coeff_mod_bit_sizes, he_scale_bits:
+        CKKS parameters of the encrypted selector (``privacy.he_selector``; default
+        N = 8192, primes 60-40-40-60, Δ = 2^40); refused below 128-bit security.
+    he_radix:
+        Fan-in of the rotate-and-add sums of the encrypted selector (a power of two
+        >= 2; 4: fewer Galois keys than 2, fewer rotations than 8).
     """
 
     server_model: str = "xdeepfm"
@@ -95,12 +106,22 @@ class RelayRecOptions:
     selector_lr: float = 0.01
     weighting: Literal["samples", "uniform"] = "samples"
     dp_count_share: float = 0.25
+    he_poly_modulus_degree: int = 8192
+    he_coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
+    he_scale_bits: int = 40
+    he_radix: int = 4
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> RelayRecOptions:
         """Validate ``[method.options]``; every problem is reported at once, each
         naming ``method.options.<key>``."""
         return parse_options(cls, options, "method.options", checks=_check_relayrec)
+
+    def he_parameters(self) -> CKKSParameters:
+        """The encrypted selector's CKKS parameters (raises InvalidParameterError)."""
+        return CKKSParameters(
+            self.he_poly_modulus_degree, self.he_coeff_mod_bit_sizes, self.he_scale_bits
+        )
 
     @property
     def multiple(self) -> bool:
@@ -139,6 +160,9 @@ def _check_relayrec(o: Mapping[str, Any]) -> list[str]:
     collab = o.get("collaboration", "clustered_fedprox")
     if collab in ("clustered_fedprox", "fedprox") and o.get("mu", 0.01) <= 0:
         problems.append(f"method.options.mu must be > 0 with collaboration = {collab!r}")
+    radix = o.get("he_radix", 4)
+    if not isinstance(radix, int) or radix < 2 or radix & (radix - 1):
+        problems.append(f"method.options.he_radix must be a power of two >= 2; got {radix!r}")
     if "support_fraction" in o and not 0 < o["support_fraction"] < 1:
         problems.append(
             f"method.options.support_fraction must be in (0, 1); got {o['support_fraction']!r}"

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocols.secagg import (
-    PROTOCOL_STAGES,
+    IdentityDirectory,
+    IdentityKey,
     SecAggClient,
     SecAggConfig,
     SecAggServer,
@@ -31,16 +32,19 @@ class Round:
         dropouts: dict[Stage, set[int]] | None = None,
         **cfg: Any,
     ) -> None:
-        self.config = SecAggConfig(n_clients=n, vector_length=d, **cfg)
+        config = SecAggConfig(n_clients=n, vector_length=d, **cfg)
         master = SecureRandom.from_seed(seed, b"test-round")
         self.round_id = master.bytes(16)
         self.inputs = np.random.default_rng(seed).uniform(-1, 1, size=(n, d))
-        ident: dict[int, Ed25519PrivateKey] = {}
+        ident: dict[int, IdentityKey] = {}
         pub: dict[int, bytes] = {}
-        if self.config.sign_advertisements:
+        if config.sign_advertisements:
             for i in range(n):
-                ident[i] = Ed25519PrivateKey.from_private_bytes(master.bytes(32))
-                pub[i] = ident[i].public_key().public_bytes_raw()
+                ident[i] = IdentityKey.generate(master)
+                pub[i] = ident[i].public_key
+            if config.pki is None:
+                config = dataclasses.replace(config, pki=IdentityDirectory.from_mapping(pub, n))
+        self.config = config
         self.identity_keys = ident
         self.identity_public = pub
         self.clients = [
@@ -51,13 +55,10 @@ class Round:
                 round_id=self.round_id,
                 rng=SecureRandom.from_seed(seed, b"client", bytes([i])),
                 identity_key=ident.get(i),
-                identity_public_keys=pub or None,
             )
             for i in range(n)
         ]
-        self.server = SecAggServer(
-            config=self.config, round_id=self.round_id, identity_public_keys=pub or None
-        )
+        self.server = SecAggServer(config=self.config, round_id=self.round_id)
         self.dropouts = dropouts or {}
         self.active = set(range(n))
         self.outgoing: dict[int, bytes] = {}
@@ -69,7 +70,7 @@ class Round:
 
     @property
     def stage(self) -> Stage:
-        return PROTOCOL_STAGES[self.stage_index]
+        return self.config.stages[self.stage_index]
 
     def client_replies(
         self, before_client: Callable[[int, SecAggClient], None] | None = None
@@ -112,7 +113,7 @@ class Round:
             self.run_stage()
 
     def finish(self) -> AggregateResult:
-        while self.stage_index < len(PROTOCOL_STAGES):
+        while self.stage_index < len(self.config.stages):
             self.run_stage()
         return self.server.result()
 
@@ -125,7 +126,7 @@ def make_round() -> Callable[..., Round]:
 
 @pytest.fixture(scope="module")
 def reference_round() -> Round:
-    """A completed round with one dropout at masked input (all message kinds occur)."""
-    r = Round(n=6, d=5, seed=11, dropouts={Stage.MASKED_INPUT: {4}})
+    """A completed passive round with one dropout at masked input."""
+    r = Round(n=6, d=5, seed=11, dropouts={Stage.MASKED_INPUT: {4}}, active_security=False)
     r.finish()
     return r

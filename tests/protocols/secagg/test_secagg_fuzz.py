@@ -1,4 +1,5 @@
-"""Fuzzing every decoder and both state machines: only MessageError (or ProtocolAbort)."""
+"""Fuzzing every decoder and both state machines: only MessageError (or ProtocolAbort),
+and a rejected message (MessageError) leaves the receiver's state unchanged."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from protocols.errors import MessageError, ProtocolAbort
 from protocols.secagg import PROTOCOL_STAGES, Stage, decode_message
 from protocols.secagg.messages import (
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencyVote,
+    ForwardedVotes,
     KeyDirectory,
     MaskedInput,
     MessageType,
@@ -32,14 +36,28 @@ DECODERS: list[Callable[[bytes], object]] = [
     MaskedInput.from_bytes,
     UnmaskRequest.from_bytes,
     UnmaskResponse.from_bytes,
+    ConsistencyRequest.from_bytes,
+    ConsistencyVote.from_bytes,
+    ForwardedVotes.from_bytes,
 ]
 
 
 @pytest.fixture(scope="module")
 def valid_messages(make_round: Callable[..., Any]) -> list[bytes]:
-    r = make_round(n=5, d=4, seed=21, dropouts={Stage.MASKED_INPUT: {3}}, sign_advertisements=True)
-    r.finish()
-    msgs = [m for table in (r.sent, r.received) for per in table.values() for m in per.values()]
+    msgs = []
+    for active in (False, True):
+        r = make_round(
+            n=5,
+            d=4,
+            seed=21,
+            dropouts={Stage.MASKED_INPUT: {3}},
+            sign_advertisements=True,
+            active_security=active,
+        )
+        r.finish()
+        msgs += [
+            m for table in (r.sent, r.received) for per in table.values() for m in per.values()
+        ]
     assert {MessageType(m[1]) for m in msgs} == set(MessageType)
     return msgs
 
@@ -111,6 +129,7 @@ def test_mutated_valid_messages_raise_only_library_errors(
     data=st.data(),
     stage=st.sampled_from(PROTOCOL_STAGES),
     ops=st.lists(mutations, min_size=1, max_size=3),
+    active=st.booleans(),
 )
 def test_state_machines_raise_only_library_errors_on_mutated_input(
     make_round: Callable[..., Any],
@@ -118,10 +137,83 @@ def test_state_machines_raise_only_library_errors_on_mutated_input(
     data: st.DataObject,
     stage: Stage,
     ops: list[tuple[str, int, int]],
+    active: bool,
 ) -> None:
-    r = make_round(n=5, d=4, seed=21, dropouts={Stage.MASKED_INPUT: {3}}, sign_advertisements=True)
+    if not active and stage is Stage.CONSISTENCY_CHECK:
+        stage = Stage.UNMASKING
+    r = make_round(
+        n=5,
+        d=4,
+        seed=21,
+        dropouts={Stage.MASKED_INPUT: {3}},
+        sign_advertisements=True,
+        active_security=active,
+    )
     r.run_to(stage)
     bad = _mutate(data.draw(st.sampled_from(valid_messages)), ops)
-    for target in (r.server.receive, r.clients[0].handle):
-        with contextlib.suppress(MessageError, ProtocolAbort):
+    for target, owner in ((r.server.receive, r.server), (r.clients[0].handle, r.clients[0])):
+        before = owner._state()
+        try:
             target(bad)
+        except MessageError:
+            assert owner._state() == before  # rejected: nothing changed
+        except ProtocolAbort:
+            pass
+
+
+# --------------------------------------------- the consistency-check messages
+
+_SETS = st.integers(2, 70).flatmap(
+    lambda n: st.tuples(
+        st.just(n),
+        st.sets(st.integers(0, n - 1)),
+        st.sets(st.integers(0, n - 1)),
+    )
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sets=_SETS, receiver=st.integers(0, 1000), rid=st.binary(min_size=16, max_size=16))
+def test_consistency_request_round_trips(
+    sets: tuple[int, set[int], set[int]], receiver: int, rid: bytes
+) -> None:
+    n, a, b = sets
+    shared, survivors = tuple(sorted(a | b)), tuple(sorted(b))
+    msg = ConsistencyRequest(rid, receiver, n, shared, survivors)
+    assert decode_message(msg.to_bytes()) == msg
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    peers=st.lists(st.integers(0, 2**20), unique=True, max_size=20),
+    receiver=st.integers(2**20 + 1, 2**21),
+    data=st.data(),
+)
+def test_vote_messages_round_trip(peers: list[int], receiver: int, data: st.DataObject) -> None:
+    tags = tuple((s, data.draw(st.binary(min_size=32, max_size=32))) for s in sorted(peers))
+    fwd = ForwardedVotes(bytes(16), receiver, tags)
+    assert decode_message(fwd.to_bytes()) == fwd
+    vote = ConsistencyVote(bytes(16), receiver, tags)
+    assert decode_message(vote.to_bytes()) == vote
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    msg_type=st.sampled_from(
+        [
+            MessageType.CONSISTENCY_REQUEST,
+            MessageType.CONSISTENCY_VOTE,
+            MessageType.FORWARDED_VOTES,
+        ]
+    ),
+    body=st.binary(max_size=200),
+    sender=st.sampled_from([0, 1, 0xFFFFFFFF]),
+    receiver=st.sampled_from([0, 1, 0xFFFFFFFF]),
+)
+def test_new_message_bodies_raise_only_library_errors(
+    msg_type: MessageType, body: bytes, sender: int, receiver: int
+) -> None:
+    import struct
+
+    data = struct.pack(">BB16sIII", 1, msg_type, bytes(16), sender, receiver, len(body)) + body
+    _decode_all(data)

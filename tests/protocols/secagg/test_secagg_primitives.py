@@ -256,3 +256,54 @@ def test_secure_random_uniform_and_randbelow() -> None:
     draws = [rng.randbelow(3) for _ in range(3000)]
     assert set(draws) == {0, 1, 2}
     assert all(abs(draws.count(v) - 1000) < 150 for v in range(3))
+
+
+# ------------------------------------------------- PKI and the graph rule (issue 13)
+
+
+def test_identity_keys_pairwise_keys_are_symmetric_and_secret_in_repr() -> None:
+    from protocols.secagg import IdentityDirectory, make_identity_keys
+
+    keys, pki = make_identity_keys(4, rng=SecureRandom.from_seed(3, b"pki"))
+    assert keys[0].pairwise_key(pki.public_key(1)) == keys[1].pairwise_key(pki.public_key(0))
+    assert keys[0].pairwise_key(pki.public_key(1)) != keys[0].pairwise_key(pki.public_key(2))
+    assert "hidden" in repr(keys[0]) and "fingerprint" in repr(pki)
+    with pytest.raises(InvalidParameterError, match="small order"):
+        IdentityDirectory((bytes(32), pki.public_key(1)))
+    with pytest.raises(InvalidParameterError, match="distinct"):
+        IdentityDirectory((pki.public_key(1), pki.public_key(1)))
+    with pytest.raises(MessageError, match="no identity key known for client 9"):
+        pki.public_key(9)
+
+
+def _connected_without(adj: dict[int, set[int]], removed: set[int]) -> bool:
+    left = [v for v in adj if v not in removed]
+    if len(left) < 2:
+        return True
+    seen, stack = {left[0]}, [left[0]]
+    while stack:
+        for w in adj[stack.pop()]:
+            if w not in removed and w not in seen:
+                seen.add(w)
+                stack.append(w)
+    return len(seen) == len(left)
+
+
+@settings(max_examples=120, deadline=None)
+@given(data=st.data())
+def test_separator_size_matches_brute_force(data: st.DataObject) -> None:
+    from protocols.secagg import make_graph
+
+    n = data.draw(st.integers(4, 13))
+    k = data.draw(st.sampled_from(list(range(2, n - 1, 2))))
+    g = make_graph(n, k, data.draw(st.binary(min_size=16, max_size=16)))
+    members = sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1)))
+    adj = {u: set(g[u]) & set(members) for u in members}
+    expected = None
+    for size in range(len(members) - 1):
+        if any(
+            not _connected_without(adj, set(cut)) for cut in itertools.combinations(members, size)
+        ):
+            expected = size
+            break
+    assert g.separator_size(members) == expected

@@ -16,7 +16,8 @@ import pytest
 
 from protocols.errors import MessageError, ProtocolAbort
 from protocols.secagg import (
-    PROTOCOL_STAGES,
+    PASSIVE_STAGES,
+    SecAggConfig,
     ShareKind,
     Stage,
     combine_shares,
@@ -39,7 +40,13 @@ from protocols.secagg.server import ServerView
 
 # The round every rejection test perturbs: complete graph of 6, client 4 drops
 # at masked input so that unmasking asks for both kinds of shares.
-PARAMS: dict[str, Any] = {"n": 6, "d": 5, "seed": 11, "dropouts": {Stage.MASKED_INPUT: {4}}}
+PARAMS: dict[str, Any] = {
+    "n": 6,
+    "d": 5,
+    "seed": 11,
+    "dropouts": {Stage.MASKED_INPUT: {4}},
+    "active_security": False,
+}
 
 
 def _chi2(counts: np.ndarray) -> float:
@@ -110,11 +117,12 @@ def test_same_sum_inputs_give_indistinguishable_views() -> None:
     assert all(np.all(np.abs(s) <= 3 * 2 / 65535) for s in sums)
 
 
-def test_server_never_receives_both_secrets_of_a_client() -> None:
-    n = 12
+@pytest.mark.parametrize(("n", "active"), [(12, False), (16, True)])
+def test_server_never_receives_both_secrets_of_a_client(n: int, active: bool) -> None:
     inputs = list(np.random.default_rng(0).uniform(-1, 1, size=(n, 4)))
     res = simulate_secure_sum(
         inputs,
+        config=SecAggConfig(n_clients=n, vector_length=4, active_security=active),
         seed=2,
         dropouts={"share_keys": {1}, "masked_input": {2, 3}, "unmasking": {5}},
     )
@@ -257,7 +265,7 @@ SERVER_TAMPERS: dict[str, _Tamper] = {
 }
 
 
-@pytest.mark.parametrize("stage", PROTOCOL_STAGES)
+@pytest.mark.parametrize("stage", PASSIVE_STAGES)
 @pytest.mark.parametrize("kind", sorted(SERVER_TAMPERS))
 def test_server_rejects_bad_client_messages_and_is_unchanged(
     stage: Stage, kind: str, reference: Any, make_round: Callable[..., Any], other_round: Any
@@ -286,8 +294,8 @@ def _server_semantic_tampers(stage: Stage, rep: dict[int, bytes]) -> dict[str, b
         out["reused_public_key"] = AdvertiseKeys(
             rid, 5, first.encryption_key, ad.masking_key
         ).to_bytes()
-        out["unexpected_signature"] = AdvertiseKeys(
-            rid, 5, ad.encryption_key, ad.masking_key, bytes(64)
+        out["unexpected_tags"] = AdvertiseKeys(
+            rid, 5, ad.encryption_key, ad.masking_key, ((0, bytes(32)),)
         ).to_bytes()
         out["equal_keys"] = AdvertiseKeys(rid, 5, ad.masking_key, ad.masking_key).to_bytes()
         out["forged_duplicate_sender"] = _set_header(rep[5], sender=0)
@@ -326,7 +334,7 @@ def _server_semantic_tampers(stage: Stage, rep: dict[int, bytes]) -> dict[str, b
     return out
 
 
-@pytest.mark.parametrize("stage", PROTOCOL_STAGES)
+@pytest.mark.parametrize("stage", PASSIVE_STAGES)
 def test_server_rejects_protocol_violations_and_duplicates(
     stage: Stage, reference: Any, make_round: Callable[..., Any]
 ) -> None:
@@ -441,32 +449,45 @@ def test_client_rejects_bad_server_messages_and_is_unchanged(
     _assert_same_outcome(r, reference)
 
 
-def test_signed_advertisements_reject_forgeries(make_round: Callable[..., Any]) -> None:
-    r = make_round(n=5, d=3, seed=3, sign_advertisements=True)
+def test_authenticated_advertisements_reject_forgeries(make_round: Callable[..., Any]) -> None:
+    r = make_round(n=5, d=3, seed=3, sign_advertisements=True, active_security=False)
     replies = r.client_replies()
     ad = AdvertiseKeys.from_bytes(replies[0])
-    forged = AdvertiseKeys(
-        ad.round_id, 1, ad.encryption_key, ad.masking_key, ad.signature
-    ).to_bytes()
-    with pytest.raises(MessageError, match="invalid Ed25519 signature"):
-        r.server.receive(forged)
-    unsigned = AdvertiseKeys(ad.round_id, 0, ad.encryption_key, ad.masking_key).to_bytes()
-    with pytest.raises(MessageError, match="invalid Ed25519 signature"):
-        r.server.receive(unsigned)
+    # The server checks who the tags are addressed to (it cannot check the tags:
+    # they are keyed for the neighbours).
+    untagged = AdvertiseKeys(ad.round_id, 0, ad.encryption_key, ad.masking_key).to_bytes()
+    with pytest.raises(MessageError, match="one advertisement tag to each neighbour"):
+        r.server.receive(untagged)
     r.deliver(replies)
     r.advance()
-    # A malicious server substitutes client 2's masking key in client 0's directory.
     kd = KeyDirectory.from_bytes(r.outgoing[0])
+    assert all(len(a.tags) == 1 and a.tags[0][0] == 0 for a in kd.advertisements)
     victim = kd.advertisements[1]
-    evil = AdvertiseKeys(
-        victim.round_id, victim.sender, victim.encryption_key, bytes(range(32)), victim.signature
-    )
-    bad = KeyDirectory(
-        kd.round_id, 0, (kd.advertisements[0], evil, *kd.advertisements[2:])
-    ).to_bytes()
-    with pytest.raises(MessageError, match="invalid Ed25519 signature"):
-        r.clients[0].handle(bad)
-    assert r.clients[0].stage is Stage.SHARE_KEYS
+    cases = {
+        # A malicious server substitutes client 2's masking key in client 0's directory.
+        "substituted key": AdvertiseKeys(
+            victim.round_id, victim.sender, victim.encryption_key, bytes(range(1, 33)), victim.tags
+        ),
+        # ... or forwards the tag another client got.
+        "tag of another receiver": AdvertiseKeys(
+            victim.round_id,
+            victim.sender,
+            victim.encryption_key,
+            victim.masking_key,
+            ((0, AdvertiseKeys.from_bytes(replies[victim.sender]).tags[-1][1]),),
+        ),
+        "no tag": AdvertiseKeys(
+            victim.round_id, victim.sender, victim.encryption_key, victim.masking_key
+        ),
+    }
+    for name, evil in cases.items():
+        bad = KeyDirectory(
+            kd.round_id, 0, (kd.advertisements[0], evil, *kd.advertisements[2:])
+        ).to_bytes()
+        before = r.clients[0]._state()
+        with pytest.raises(MessageError, match=r"authenticator tag|carries no tag"):
+            r.clients[0].handle(bad)
+        assert r.clients[0]._state() == before, name
     r.finish()
 
 
@@ -474,68 +495,110 @@ def test_signed_advertisements_reject_forgeries(make_round: Callable[..., Any]) 
 
 
 _CLIENT_EXPECTS = {
-    Stage.ADVERTISE_KEYS: None,
-    Stage.SHARE_KEYS: MessageType.KEY_DIRECTORY,
-    Stage.MASKED_INPUT: MessageType.SHARE_DELIVERY,
-    Stage.UNMASKING: MessageType.UNMASK_REQUEST,
+    False: {
+        Stage.ADVERTISE_KEYS: None,
+        Stage.SHARE_KEYS: MessageType.KEY_DIRECTORY,
+        Stage.MASKED_INPUT: MessageType.SHARE_DELIVERY,
+        Stage.UNMASKING: MessageType.UNMASK_REQUEST,
+    },
+    True: {
+        Stage.ADVERTISE_KEYS: None,
+        Stage.SHARE_KEYS: MessageType.KEY_DIRECTORY,
+        Stage.MASKED_INPUT: MessageType.SHARE_DELIVERY,
+        Stage.CONSISTENCY_CHECK: MessageType.CONSISTENCY_REQUEST,
+        Stage.UNMASKING: MessageType.FORWARDED_VOTES,
+    },
 }
 _SERVER_EXPECTS = {
-    Stage.ADVERTISE_KEYS: MessageType.ADVERTISE_KEYS,
-    Stage.SHARE_KEYS: MessageType.SHARE_KEYS,
-    Stage.MASKED_INPUT: MessageType.MASKED_INPUT,
-    Stage.UNMASKING: MessageType.UNMASK_RESPONSE,
-    Stage.DONE: None,
+    False: {
+        Stage.ADVERTISE_KEYS: MessageType.ADVERTISE_KEYS,
+        Stage.SHARE_KEYS: MessageType.SHARE_KEYS,
+        Stage.MASKED_INPUT: MessageType.MASKED_INPUT,
+        Stage.UNMASKING: MessageType.UNMASK_RESPONSE,
+        Stage.DONE: None,
+    },
+    True: {
+        Stage.ADVERTISE_KEYS: MessageType.ADVERTISE_KEYS,
+        Stage.SHARE_KEYS: MessageType.SHARE_KEYS,
+        Stage.MASKED_INPUT: MessageType.MASKED_INPUT,
+        Stage.CONSISTENCY_CHECK: MessageType.CONSISTENCY_VOTE,
+        Stage.UNMASKING: MessageType.UNMASK_RESPONSE,
+        Stage.DONE: None,
+    },
 }
+_PAIR_PARAMS: dict[str, Any] = {"n": 6, "d": 5, "seed": 11, "dropouts": {Stage.MASKED_INPUT: {4}}}
 
 
-def _sample_messages(reference: Any) -> dict[MessageType, bytes]:
-    ref_round = reference[0]
+@pytest.fixture(scope="module")
+def samples(make_round: Callable[..., Any]) -> dict[MessageType, bytes]:
+    """One message of every type, from a finished passive and a finished active round."""
     out: dict[MessageType, bytes] = {}
-    for table in (ref_round.sent, ref_round.received):
-        for msgs in table.values():
-            data = msgs[0]
-            decode_message(data)
-            out[MessageType(data[1])] = data
+    for active in (False, True):
+        r = make_round(**_PAIR_PARAMS, active_security=active)
+        r.finish()
+        for table in (r.sent, r.received):
+            for msgs in table.values():
+                data = msgs[0]
+                decode_message(data)
+                out[MessageType(data[1])] = data
     assert set(out) == set(MessageType)
     return out
 
 
-@pytest.mark.parametrize("stage", list(_CLIENT_EXPECTS))
+_CLIENT_PAIRS = [(a, s) for a in (False, True) for s in _CLIENT_EXPECTS[a]]
+_SERVER_PAIRS = [(a, s) for a in (False, True) for s in _SERVER_EXPECTS[a]]
+
+
+@pytest.mark.parametrize(("active", "stage"), _CLIENT_PAIRS)
 @pytest.mark.parametrize("msg_type", list(MessageType))
 def test_client_checks_every_stage_pair(
-    stage: Stage, msg_type: MessageType, reference: Any, make_round: Callable[..., Any]
+    active: bool,
+    stage: Stage,
+    msg_type: MessageType,
+    samples: dict[MessageType, bytes],
+    make_round: Callable[..., Any],
 ) -> None:
-    sample = _sample_messages(reference)[msg_type]
-    r = make_round(**PARAMS)
+    sample = samples[msg_type]
+    r = make_round(**_PAIR_PARAMS, active_security=active)
     r.run_to(stage)
     client = r.clients[0]
-    if _CLIENT_EXPECTS[stage] is msg_type:
+    if _CLIENT_EXPECTS[active][stage] is msg_type:
         # The expected type from the same round is accepted (as its own message).
         client.handle(r.outgoing[0])
         return
-    with pytest.raises(MessageError, match="expects"):
-        client.handle(sample)
-    assert client.stage is stage
+    before = client._state()
+    if active and stage is Stage.UNMASKING and msg_type is MessageType.CONSISTENCY_REQUEST:
+        # The identical survivor sets again (same seed, same round): the client
+        # re-sends the signature it already gave, nothing else.
+        assert client.handle(sample) == r.sent[Stage.CONSISTENCY_CHECK][0]
+    else:
+        with pytest.raises(MessageError, match="expects"):
+            client.handle(sample)
+    assert client._state() == before
     if stage is not Stage.ADVERTISE_KEYS:
         with pytest.raises(MessageError, match="belongs to stage 'advertise_keys'"):
             client.advertise_keys()
 
 
-@pytest.mark.parametrize("stage", list(_SERVER_EXPECTS))
+@pytest.mark.parametrize(("active", "stage"), _SERVER_PAIRS)
 @pytest.mark.parametrize("msg_type", list(MessageType))
 def test_server_checks_every_stage_pair(
-    stage: Stage, msg_type: MessageType, reference: Any, make_round: Callable[..., Any]
+    active: bool,
+    stage: Stage,
+    msg_type: MessageType,
+    samples: dict[MessageType, bytes],
+    make_round: Callable[..., Any],
 ) -> None:
-    sample = _sample_messages(reference)[msg_type]
-    r = make_round(**PARAMS)
+    sample = samples[msg_type]
+    r = make_round(**_PAIR_PARAMS, active_security=active)
     if stage is Stage.DONE:
         r.finish()
     else:
         r.run_to(stage)
-    if _SERVER_EXPECTS[stage] is msg_type:
+    if _SERVER_EXPECTS[active][stage] is msg_type:
         r.server.receive(r.client_replies()[0])
         return
-    before = r.server.view
+    before = r.server._state()
     with pytest.raises(MessageError, match="expects"):
         r.server.receive(sample)
-    assert r.server.stage is stage and r.server.view == before
+    assert r.server.stage is stage and r.server._state() == before

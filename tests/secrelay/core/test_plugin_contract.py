@@ -130,7 +130,16 @@ def test_registries_share_one_rule():
 
 
 def test_simulate_runs_without_toml_and_matches_run(tmp_path: Path):
-    plan = PrivacyPlan(PrivacyConfig(user_level_dp=True, clipping_norm=0.5, noise_multiplier=1.0))
+    # Equal runs need reproducible randomness (the default draws noise and samples
+    # from OS entropy).
+    plan = PrivacyPlan(
+        PrivacyConfig(
+            user_level_dp=True,
+            clipping_norm=0.5,
+            noise_multiplier=1.0,
+            randomness="reproducible",
+        )
+    )
     res = secrelay.simulate(
         strategy="fedavg",
         strategy_params={"weighting": "uniform"},

@@ -145,3 +145,94 @@ def test_bad_settings_and_stages():
         SecureSum().aggregate(
             1, {0: {"x": np.ones(1)}, 1: {"x": np.ones(1)}}, Channel(), dropouts={0: "upload"}
         )
+
+
+# ------------------------------------------- randomness: secure by default (issue 13)
+
+
+def _golden_contribs():
+    rng = np.random.default_rng(0)
+    rng.uniform(-1, 1, size=(12, 50))  # (the draws the pinned values were made after)
+    return {
+        d: {"delta": rng.normal(0, 50, (3, 7)), "weight": np.array([float(d + 1)])}
+        for d in range(100, 108)
+    }
+
+
+def _digest(res):
+    import hashlib
+
+    return hashlib.sha256(res.sums["delta"].tobytes() + res.sums["weight"].tobytes()).hexdigest()
+
+
+# Pinned with the code as it stood before the malicious-server protocol was added:
+# reproducible runs (and the regression runs that rely on them) are bit-for-bit
+# unchanged, with and without the consistency check.
+_PINNED = {
+    None: "7cc22f2b91384fae2865f75b24127f084a72ade1d20ea1c2d26a21e8f7c5804d",
+    "masked_input": "fcbf6da289a3aa86c1c9580f0a8be2eb22423598074075c11f765e86b916b36a",
+}
+
+
+@pytest.mark.parametrize("active", [True, False])
+@pytest.mark.parametrize("drop", [None, "masked_input"])
+def test_reproducible_mode_is_bit_for_bit_unchanged(active, drop):
+    settings = SecureSumSettings(deterministic=True, active_security=active)
+    dropouts = {101: drop} if drop else None
+    res = SecureSum(settings, seed=3).aggregate(2, _golden_contribs(), Channel(), dropouts=dropouts)
+    assert _digest(res) == _PINNED[drop]
+
+
+def test_secure_mode_is_the_default_and_never_uses_the_seed(monkeypatch):
+    from protocols.secagg import SecureRandom
+
+    assert SecureSumSettings().deterministic is False
+    assert SecureSumSettings().active_security is True
+
+    def no_seed(*args, **kwargs):
+        raise AssertionError("secure mode must not derive anything from a seed")
+
+    monkeypatch.setattr(SecureRandom, "from_seed", classmethod(no_seed))
+    contribs = _golden_contribs()
+    a = SecureSum(seed=3).aggregate(2, contribs, Channel())
+    b = SecureSum(seed=3).aggregate(2, contribs, Channel())
+    # Same seed, same round: different rounding, keys and masks (OS entropy)...
+    assert _digest(a) != _digest(b)
+    # ...and both within the documented bound of the exact sum.
+    exact = sum(c["delta"] for c in contribs.values())
+    bound = 8 * 2 * 1e4 / (2**24 - 1)
+    assert np.abs(a.sums["delta"] - exact).max() <= bound
+    assert np.abs(b.sums["delta"] - exact).max() <= bound
+
+
+def test_secure_mode_keys_every_party_from_os_entropy(monkeypatch):
+    import os as os_module
+
+    calls = []
+    real = os_module.urandom
+
+    def counting(n):
+        calls.append(n)
+        return real(n)
+
+    monkeypatch.setattr("protocols.secagg.rng.os.urandom", counting)
+    monkeypatch.setattr("protocols.secagg.driver.os.urandom", counting)
+    SecureSum().aggregate(1, _golden_contribs(), Channel())
+    # 8 client CSPRNGs + 8 identity keys (each from its own OS-keyed CSPRNG), the
+    # driver's PKI is not needed (keys given), plus round id and beacon.
+    assert calls.count(32) >= 16 and 16 in calls
+
+
+def test_transcript_records_the_consistency_stage_and_passive_mode_has_none(devices, spec):
+    active = SecureSum()
+    passive = SecureSum(SecureSumSettings(active_security=False))
+    assert "consistency_check" in active.stages
+    assert "consistency_check" not in passive.stages
+    contribs = {d: {"x": np.ones(4) * d} for d in range(6)}
+    ch = Channel()
+    active.aggregate(1, contribs, ch)
+    assert {m.stage for m in ch.transcript.messages(kind=MaskedUpload)} == set(active.stages)
+    # Planned at a stage the passive protocol lacks: the device drops at unmasking.
+    res = passive.aggregate(1, contribs, Channel(), dropouts={2: "consistency_check"})
+    assert 2 in res.survivors
+    np.testing.assert_allclose(res.sums["x"], np.ones(4) * 15, atol=passive.last_error_bound["x"])

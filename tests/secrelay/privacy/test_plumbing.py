@@ -31,6 +31,7 @@ def _record(round: int, device: str, mechanism: str = "test") -> LedgerRecord:
         unit="example",
         devices=(device,),
         delta=1e-5,
+        adjacency="add_remove",
     )
 
 

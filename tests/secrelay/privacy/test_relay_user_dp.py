@@ -157,13 +157,15 @@ def test_central_noise_on_slots_and_counts_has_the_stated_std() -> None:
     true = PlaintextSum().aggregate(1, contribs, Channel()).sums
     std = s.noise_std()
     root = math.sqrt(1 + 0.25**2)
-    assert std["delta"] == pytest.approx(1.3 * root * C)
-    assert std["count"] == pytest.approx(1.3 * root / 0.25)
+    # Fixed-size sampling: replace-one adjacency, sensitivity and noise doubled.
+    assert std["delta"] == pytest.approx(2 * 1.3 * root * C)
+    assert std["count"] == pytest.approx(2 * 1.3 * root / 0.25)
     assert (res.sums["delta"] - true["delta"]).std() == pytest.approx(std["delta"], rel=0.03)
     np.testing.assert_array_equal(res.sums["weight"], res.sums["count"])
     rec = res.privacy_records[0]
-    assert rec.sensitivity == pytest.approx(C * root)
-    assert rec.sigma == pytest.approx(1.3 * C * root)
+    assert rec.sensitivity == pytest.approx(2 * C * root)
+    assert rec.sigma == pytest.approx(2 * 1.3 * C * root)
+    assert rec.adjacency == "replace_one"
     assert rec.unit == "user" and rec.devices == tuple(str(i) for i in sorted(contribs))
 
 
@@ -172,7 +174,12 @@ def test_distributed_noise_on_slots_decodes_to_the_noisy_sum() -> None:
     assert spec is not None
     contribs = _slot_contribs(8, seed=4)
     s = DistributedGaussianSum(
-        SecureSumSettings(), noise_multiplier=0.8, clipping_norm=C, delta=1e-5, spec=spec
+        SecureSumSettings(),  # keys from the seed: reproducible randomness
+        noise_multiplier=0.8,
+        clipping_norm=C,
+        delta=1e-5,
+        spec=spec,
+        randomness="reproducible",
     )
     res = s.aggregate(2, contribs, Channel())
     true = PlaintextSum().aggregate(2, contribs, Channel()).sums
@@ -183,6 +190,7 @@ def test_distributed_noise_on_slots_decodes_to_the_noisy_sum() -> None:
     assert noise.std() == pytest.approx(0.8 * root * C, rel=0.15)
     assert s.last_plan is not None and s.last_plan.dimension == K * D + K
     assert res.privacy_records[0].sensitivity == pytest.approx(C * root)
+    assert res.privacy_records[0].adjacency == "zero_out"
 
 
 def test_a_cluster_whose_noisy_count_is_too_small_keeps_its_model() -> None:
@@ -371,7 +379,8 @@ def test_metaua_refuses_dp_sgd_alone_and_sample_weights(tmp_path: Path) -> None:
 
 
 def test_relay_methods_under_secure_aggregation_add_distributed_noise(tmp_path: Path) -> None:
-    secure = {**USER, "secure_aggregation": True}
+    # Reproducible: a secure draw of fewer than 2 devices would abort the SecAgg round.
+    secure = {**USER, "secure_aggregation": True, "randomness": "reproducible"}
     run(_relayrec(**secure), tmp_path / "r", progress=False, log=_quiet)
     records = PrivacyLedger.load(tmp_path / "r" / "privacy_ledger.jsonl").records
     assert [r.round for r in records] == [1, 2]

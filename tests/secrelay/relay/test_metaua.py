@@ -301,6 +301,8 @@ def test_end_to_end_run_and_resume(tmp_path):
                 "name": "metaua",
                 "options": {"attributes": ["local_loss", "positive_rate"], "server_lr": 0.01},
             },
+            # resume equals uninterrupted only with reproducible device samples
+            "privacy": {"randomness": "reproducible"},
         }
     )
     res = run(cfg, tmp_path / "a", progress=False, log=lambda s: None)

@@ -319,7 +319,8 @@ def test_ablations_run_end_to_end(
 
 
 def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
-    cfg = _config()
+    # reproducible randomness: the default draws every round's sample from the OS
+    cfg = _config().replace(privacy={"randomness": "reproducible"})
     full = run(cfg, tmp_path / "full", progress=False, log=lambda s: None)
     run(cfg, tmp_path / "cut", progress=False, log=lambda s: None, stop_after=1)
     resumed = resume(tmp_path / "cut", progress=False, log=lambda s: None)
