@@ -3,20 +3,26 @@
 A :class:`Channel` delivers messages and records each one in a :class:`Transcript`.
 Attacks read only :meth:`Transcript.server_view` (messages the server received or
 sent), never live objects; privacy layers change what is *in* the messages, and the
-transcript shows the result.
+transcript shows the result. A saved transcript (``RUN_DIR/transcript.npz``) is read
+back with :meth:`Transcript.load`, which is how ``attacks/`` gets a finished run's
+server view.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from protocols.errors import MessageError
+from secrelay.federated import messages as _messages
 from secrelay.federated.messages import SERVER, Message
 
 __all__ = ["Channel", "Transcript", "TranscriptEntry"]
@@ -84,27 +90,36 @@ class Transcript:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the transcript as ``.npz``: a JSON header per message plus its arrays.
 
-        Written atomically (temporary file, then rename).
+        Identical arrays (one model downloaded by every device of a round) are
+        stored once and referenced by every header that holds them. Written
+        atomically (temporary file, then rename). :meth:`load` reads it back.
         """
         target = Path(path)
         headers = []
         arrays: dict[str, np.ndarray] = {}
+        stored: dict[tuple[str, tuple[int, ...], str], str] = {}
+
+        def put(key: str, a: np.ndarray) -> str:
+            a = np.ascontiguousarray(a)
+            digest = hashlib.sha256(a.tobytes()).hexdigest() if a.size else ""
+            ident = (a.dtype.str, a.shape, digest)
+            if ident not in stored:
+                stored[ident] = key
+                arrays[key] = a
+            return stored[ident]
+
         for e in self._entries:
             m = e.message
             head: dict[str, object] = {"seq": e.seq, "type": type(m).__name__}
             for f in fields(m):
                 v = getattr(m, f.name)
                 if isinstance(v, np.ndarray):
-                    arrays[f"{e.seq}/{f.name}"] = v
-                    head[f.name] = {"array": f"{e.seq}/{f.name}"}
+                    head[f.name] = {"array": put(f"{e.seq}/{f.name}", v)}
                 elif isinstance(v, bytes):
                     arrays[f"{e.seq}/{f.name}"] = np.frombuffer(v, dtype=np.uint8)
                     head[f.name] = {"bytes": f"{e.seq}/{f.name}"}
                 elif isinstance(v, dict) and any(isinstance(x, np.ndarray) for x in v.values()):
-                    keys = {}
-                    for k, x in v.items():
-                        arrays[f"{e.seq}/{f.name}/{k}"] = x
-                        keys[k] = f"{e.seq}/{f.name}/{k}"
+                    keys = {k: put(f"{e.seq}/{f.name}/{k}", x) for k, x in v.items()}
                     head[f.name] = {"arrays": keys}
                 else:
                     head[f.name] = v
@@ -114,6 +129,64 @@ class Transcript:
         np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, target)
         return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Transcript:
+        """Read a transcript written by :meth:`save` (e.g. ``RUN_DIR/transcript.npz``).
+
+        Every message is rebuilt as its frozen dataclass (arrays read-only; an
+        array stored once is shared by the messages that hold it), in the order it
+        was delivered, so :meth:`server_view` and :meth:`messages` work as on the
+        live transcript. :meth:`summary` counts the loaded messages.
+
+        Raises
+        ------
+        MessageError
+            If the file names an unknown message type.
+
+        Examples
+        --------
+        >>> import tempfile, pathlib
+        >>> from secrelay.federated.messages import ContributionUpload
+        >>> t = Transcript()
+        >>> t.record(ContributionUpload(sender=3, receiver=SERVER, round=1,
+        ...              contribution={"delta": np.ones(2)}))
+        >>> p = t.save(pathlib.Path(tempfile.mkdtemp()) / "t.npz")
+        >>> [m.contribution["delta"].tolist() for m in Transcript.load(p).server_view()]
+        [[1.0, 1.0]]
+        """
+        out = cls()
+        with np.load(Path(path), allow_pickle=False) as z:
+            headers = json.loads(str(z["__headers__"]))
+            cache: dict[str, np.ndarray] = {}
+
+            def get(key: str) -> np.ndarray:
+                if key not in cache:
+                    a = np.array(z[key])
+                    a.setflags(write=False)
+                    cache[key] = a
+                return cache[key]
+
+            for head in headers:
+                name = str(head.pop("type"))
+                msg_cls = getattr(_messages, name, None)
+                if not (isinstance(msg_cls, type) and issubclass(msg_cls, Message)):
+                    raise MessageError(
+                        f"transcript {str(path)!r} holds an unknown message {name!r}"
+                    )
+                head.pop("seq", None)
+                kwargs: dict[str, Any] = {}
+                for k, v in head.items():
+                    if isinstance(v, dict) and set(v) == {"array"}:
+                        kwargs[k] = get(v["array"])
+                    elif isinstance(v, dict) and set(v) == {"bytes"}:
+                        kwargs[k] = get(v["bytes"]).tobytes()
+                    elif isinstance(v, dict) and set(v) == {"arrays"}:
+                        kwargs[k] = {n: get(key) for n, key in v["arrays"].items()}
+                    else:
+                        kwargs[k] = v
+                out.record(msg_cls(**kwargs))
+        return out
 
 
 class Channel:
