@@ -113,6 +113,9 @@ class RunResult:
     run_dir: Path
     records: list[dict[str, Any]]
     final: dict[str, Any]
+    # What the privacy ledger says was spent (``None`` without DP): user-level and the
+    # largest example-level ε at δ; ``secrelay audit`` has the full report.
+    epsilon: dict[str, Any] | None = None
 
 
 def _metrics_record(
@@ -226,6 +229,9 @@ def _execute(
                     raise
                 if session is not None:
                     session.spend(method.privacy_records(t))
+                    eps = session.user_epsilon()
+                    if eps is not None and math.isfinite(eps):  # where users look
+                        rec["epsilon/user"] = eps
                 records.append(rec)
                 _save(run_dir, method, t, records, session, usage)
                 status = " ".join(
@@ -249,13 +255,32 @@ def _execute(
             "cloud": records[0],
             **usage.totals(),
         }
+        if session is not None:
+            final["privacy"] = session.spent()
+            log(_epsilon_line(final["privacy"]))
         if done:
             atomic_write_text(run_dir / "summary.json", json.dumps(final, indent=2, default=float))
             if config.run.record_transcript:
                 transcript.save(run_dir / "transcript.npz")
-        return RunResult(run_dir, records, final)
+        return RunResult(run_dir, records, final, final.get("privacy"))
     finally:
         method.close()
+
+
+def _epsilon_line(spent: Mapping[str, Any]) -> str:
+    parts = []
+    if spent.get("user_epsilon") is not None:
+        parts.append(f"user-level ε = {spent['user_epsilon']:.3g}")
+    if spent.get("example_epsilon_max") is not None:
+        parts.append(
+            f"example-level ε ≤ {spent['example_epsilon_max']:.3g} "
+            f"(largest of {spent['example_devices']} devices)"
+        )
+    body = ", ".join(parts) or "no DP release recorded"
+    return (
+        f"privacy spent: {body} at δ = {spent['delta']:g} ({spent['accountant']}); "
+        "`secrelay audit RUN_DIR` for the full report"
+    )
 
 
 class _Usage:

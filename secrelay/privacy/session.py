@@ -179,6 +179,31 @@ class PrivacySession:
         if records:
             self.ledger.spend(list(records))
 
+    def user_epsilon(self) -> float | None:
+        """The global user-level ε spent so far at δ (``None``: no user-level release)."""
+        events = [r.event for r in self.ledger.records if r.unit == "user"]
+        return self._cache.epsilon(events) if events else None
+
+    def spent(self) -> dict[str, Any]:
+        """What the ledger says was spent, for ``summary.json`` and ``RunResult``: the
+        global user-level ε and the largest per-device example-level ε at δ, with the
+        accountant (``secrelay audit`` gives the full report)."""
+        by_device: dict[str, list[DpEvent]] = {}
+        for r in self.ledger.records:
+            if r.unit == "example":
+                for d in r.devices:
+                    by_device.setdefault(d, []).append(r.event)
+        example = [self._cache.epsilon(evs) for evs in by_device.values()]
+        return {
+            "delta": self.privacy.delta,
+            "accountant": self.privacy.accountant,
+            "user_epsilon": self.user_epsilon(),
+            "example_epsilon_max": max(example) if example else None,
+            "example_devices": len(by_device),
+            "records": len(self.ledger.records),
+            "randomness": self.privacy.randomness,
+        }
+
     def state(self) -> dict[str, Any]:
         """What the checkpoint stores: the record count and the ledger's digest."""
         lines = _lines(self.path)

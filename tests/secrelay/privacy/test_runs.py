@@ -246,3 +246,26 @@ def test_audit_reports_per_device_user_epsilon_without_amplification(tmp_path: P
     assert pd["max"] == pytest.approx(max(per.values()))
     assert pd["min"] == pytest.approx(min(per.values()))
     assert pd["max"] <= report["user_level"]["epsilon"]["prv"] + 1e-9
+
+
+def test_epsilon_is_shown_where_users_look(tmp_path: Path) -> None:
+    """ε per round in metrics.jsonl, at the end in summary.json, RunResult.epsilon and
+    the run's log — and equal to what the audit computes from the ledger."""
+    said: list[str] = []
+    res = run(_config(**BOTH), tmp_path / "r", progress=False, log=said.append)
+    eps = [r.get("epsilon/user") for r in res.records[1:]]
+    assert all(e is not None for e in eps) and eps == sorted(eps) and eps[0] < eps[-1]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["privacy"] == res.epsilon
+    assert res.epsilon is not None and res.epsilon["user_epsilon"] == eps[-1]
+    assert res.epsilon["example_epsilon_max"] > 0 and res.epsilon["example_devices"] > 0
+    report = audit(tmp_path / "r", write=False)
+    acc = res.epsilon["accountant"]
+    assert report["user_level"]["epsilon"][acc] == pytest.approx(res.epsilon["user_epsilon"])
+    assert any("privacy spent: user-level ε" in s for s in said)
+
+
+def test_runs_without_dp_carry_no_epsilon(tmp_path: Path) -> None:
+    res = run(_config(), tmp_path / "r", progress=False, log=_quiet)
+    assert res.epsilon is None and "privacy" not in res.final
+    assert all("epsilon/user" not in r for r in res.records)
