@@ -29,7 +29,6 @@ units, i.e. information about the selector, which is not secret from devices her
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +45,7 @@ from protocols.he import (
 )
 from secrelay.federated.messages import SERVER, QueryMessage, ReplyMessage
 from secrelay.federated.transcript import Channel
+from secrelay.relay.relayrec.selector import SelectorArrays
 
 __all__ = [
     "HE_CONTEXT_TOPIC",
@@ -64,27 +64,9 @@ _SELECT_TOPIC = "relayrec/select"  # = device.SELECT_TOPIC (not imported: no cyc
 
 
 @dataclass(frozen=True, eq=False)
-class SquareSelectorWeights:
+class SquareSelectorWeights(SelectorArrays):
     """s(p) = W2ᵀ (W1ᵀ (p − m)/s + b1)² + b2 as numpy arrays (``w1`` (d, H), ``w2``
     (H, K))."""
-
-    mean: np.ndarray
-    scale: np.ndarray
-    w1: np.ndarray
-    b1: np.ndarray
-    w2: np.ndarray
-    b2: np.ndarray
-
-    @property
-    def num_outputs(self) -> int:
-        return int(self.b2.shape[0])
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {k: getattr(self, k) for k in ("mean", "scale", "w1", "b1", "w2", "b2")}
-
-    @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> SquareSelectorWeights:
-        return cls(**{k: np.asarray(arrays[k]) for k in ("mean", "scale", "w1", "b1", "w2", "b2")})
 
     def network(self, params: CKKSParameters, *, radix: int = 4) -> SquareNetwork:
         """The same function on raw p (standardisation folded into the first layer:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from secrelay.models.base import CTRModel, FieldEmbedding
 
 __all__ = [
     "ItemSpace",
+    "SelectorArrays",
     "SelectorWeights",
     "fit_item_space",
     "preference_vector",
@@ -188,13 +190,15 @@ def fit_item_space(
 # --- the selector MLP ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
-class SelectorWeights:
-    """The selector s(p) = W2·relu(W1·(p − m)/s + b1) + b2 as numpy arrays.
+_SELECTOR_ARRAYS = ("mean", "scale", "w1", "b1", "w2", "b2")
+_W = TypeVar("_W", bound="SelectorArrays")
 
-    The input standardisation (m, s) is part of the selector, so a device that
-    runs it locally and a server that evaluates it on a query agree exactly.
-    """
+
+@dataclass(frozen=True, eq=False)
+class SelectorArrays:
+    """A two-layer selector's standardisation (m, s) and weights as numpy arrays;
+    the activation is the subclass's (:class:`SelectorWeights`: ReLU; the HE
+    selector's ``SquareSelectorWeights``: x²)."""
 
     mean: np.ndarray
     scale: np.ndarray
@@ -208,11 +212,20 @@ class SelectorWeights:
         return int(self.b2.shape[0])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {k: getattr(self, k) for k in ("mean", "scale", "w1", "b1", "w2", "b2")}
+        return {k: getattr(self, k) for k in _SELECTOR_ARRAYS}
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> SelectorWeights:
-        return cls(**{k: np.asarray(arrays[k]) for k in ("mean", "scale", "w1", "b1", "w2", "b2")})
+    def from_arrays(cls: type[_W], arrays: Mapping[str, np.ndarray]) -> _W:
+        return cls(**{k: np.asarray(arrays[k]) for k in _SELECTOR_ARRAYS})
+
+
+@dataclass(frozen=True, eq=False)
+class SelectorWeights(SelectorArrays):
+    """The selector s(p) = W2·relu(W1·(p − m)/s + b1) + b2 as numpy arrays.
+
+    The input standardisation (m, s) is part of the selector, so a device that
+    runs it locally and a server that evaluates it on a query agree exactly.
+    """
 
 
 def selector_logits(weights: SelectorWeights, p: np.ndarray) -> np.ndarray:
