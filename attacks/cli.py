@@ -18,12 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from secrelay import (
-    BudgetExceededError,
-    ConfigError,
-    DataFormatError,
-    InvalidParameterError,
-    ProtocolAbort,
     SecrelayError,
+    exit_code,
 )
 
 app = typer.Typer(
@@ -36,14 +32,6 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 out = Console()
-
-EXIT_CODES: dict[type[SecrelayError], int] = {
-    DataFormatError: 3,
-    ProtocolAbort: 4,
-    BudgetExceededError: 5,
-    ConfigError: 2,
-    InvalidParameterError: 2,
-}
 
 
 @app.command()
@@ -82,7 +70,7 @@ def main(
             **cast("dict[str, Any]", overrides),
         )
     except SecrelayError as e:
-        code = next((c for t, c in EXIT_CODES.items() if isinstance(e, t)), 1)
+        code = exit_code(e)
         console.print(Text.assemble(("error: ", "bold red"), str(e)))
         raise typer.Exit(code) from None
     names = [s.name for s in report.settings]

@@ -83,3 +83,20 @@ class BudgetExceededError(SecrelayError, RuntimeError):
 
 class UnsupportedEventError(SecrelayError, TypeError):
     """An accountant cannot account a privacy event (names the sub-event)."""
+
+
+#: Process exit codes of the command lines, by error class (the first match wins;
+#: anything else is 1): 2 bad usage or configuration, 3 bad input data, 4 a protocol
+#: abort, 5 a refused privacy budget.
+EXIT_CODES: tuple[tuple[type[SecrelayError], int], ...] = (
+    (DataFormatError, 3),
+    (ProtocolAbort, 4),
+    (BudgetExceededError, 5),
+    (ConfigError, 2),
+    (InvalidParameterError, 2),
+)
+
+
+def exit_code(err: BaseException) -> int:
+    """The command-line exit code of ``err`` (:data:`EXIT_CODES`; 1 otherwise)."""
+    return next((code for cls, code in EXIT_CODES if isinstance(err, cls)), 1)

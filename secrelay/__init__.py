@@ -25,6 +25,7 @@ from protocols.errors import (
     ProtocolAbort,
     SecrelayError,
     UnsupportedEventError,
+    exit_code,
 )
 
 __version__ = "0.1.0"
@@ -82,6 +83,7 @@ __all__ = [
     "Strategy",
     "UnsupportedEventError",
     "__version__",
+    "exit_code",
     "load_config",
     "register_accountant",
     "register_dataset",

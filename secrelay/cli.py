@@ -22,12 +22,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from protocols.errors import (
-    BudgetExceededError,
     ConfigError,
-    DataFormatError,
-    InvalidParameterError,
-    ProtocolAbort,
     SecrelayError,
+    exit_code,
 )
 
 app = typer.Typer(
@@ -84,17 +81,8 @@ def _interrupted(run_dir: Path) -> None:
     raise typer.Exit(code=130)
 
 
-EXIT_CODES: dict[type[SecrelayError], int] = {
-    DataFormatError: 3,
-    ProtocolAbort: 4,
-    BudgetExceededError: 5,
-    ConfigError: 2,
-    InvalidParameterError: 2,
-}
-
-
 def _fail(err: SecrelayError) -> None:
-    code = next((c for t, c in EXIT_CODES.items() if isinstance(err, t)), 1)
+    code = exit_code(err)
     # The message is text, not markup: "[federated]" must not vanish as a style tag.
     console.print(Text.assemble(("error: ", "bold red"), str(err)))
     raise typer.Exit(code)
