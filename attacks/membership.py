@@ -23,6 +23,7 @@ plus the ROC curve for the log-scale plots of :mod:`attacks.plots`.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +38,7 @@ from secrelay.data import CTRDataset
 __all__ = [
     "LiRAAttack",
     "LossThresholdAttack",
+    "MembershipAttack",
     "MembershipResult",
     "ReferenceAttack",
     "ShadowTrainer",
@@ -78,13 +80,15 @@ def membership_game(
     return rows, labels
 
 
-class LossThresholdAttack:
-    """Score = −loss of the target model on the row."""
+class MembershipAttack(abc.ABC):
+    """A membership test: a score per row (higher = more likely a member), turned
+    into ROC figures against the true membership ``labels`` by :meth:`run`."""
 
-    name = "loss"
+    name: str = "membership"
 
+    @abc.abstractmethod
     def scores(self, layout: ModelLayout, target: np.ndarray, rows: CTRDataset) -> np.ndarray:
-        return -per_example_loss(layout, target, rows)
+        """One score per row of ``rows`` against the target model's parameters."""
 
     def run(
         self,
@@ -102,6 +106,15 @@ class LossThresholdAttack:
         )
 
 
+class LossThresholdAttack(MembershipAttack):
+    """Score = −loss of the target model on the row."""
+
+    name = "loss"
+
+    def scores(self, layout: ModelLayout, target: np.ndarray, rows: CTRDataset) -> np.ndarray:
+        return -per_example_loss(layout, target, rows)
+
+
 class ReferenceAttack(LossThresholdAttack):
     """Score = loss under ``reference`` − loss under the target (difficulty-calibrated)."""
 
@@ -115,7 +128,7 @@ class ReferenceAttack(LossThresholdAttack):
         return np.asarray(ref - per_example_loss(layout, target, rows))
 
 
-class LiRAAttack:
+class LiRAAttack(MembershipAttack):
     """Online LiRA with ``n_shadows`` shadow models (module doc).
 
     Parameters
@@ -183,18 +196,3 @@ class LiRAAttack:
         online = _st.norm.logpdf(phi, mu_in, sd_in) - _st.norm.logpdf(phi, mu_out, sd_out)
         offline = _st.norm.logcdf((phi - np.nan_to_num(mu_out)) / sd_out)
         return np.asarray(np.where(np.isfinite(online), online, offline))
-
-    def run(
-        self,
-        layout: ModelLayout,
-        target: np.ndarray,
-        rows: CTRDataset,
-        labels: np.ndarray,
-        *,
-        target_name: str = "model",
-        seed: int = 0,
-    ) -> MembershipResult:
-        s = self.scores(layout, target, rows)
-        return MembershipResult(
-            self.name, target_name, roc_summary(s, labels, seed=seed), s, labels
-        )
