@@ -23,18 +23,12 @@ presets of :data:`PRESETS` by name (or inline tables ``{ name = ..., privacy = .
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from secrelay import ConfigError, RunConfig
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from secrelay import ConfigError, RunConfig, read_toml
 
 __all__ = ["ATTACKS", "PRESETS", "AttackConfig", "Setting", "load_attack_config"]
 
@@ -239,13 +233,7 @@ def load_attack_config(
         For a missing or invalid file, a bad ``[attack]`` key, or a setting that
         makes an invalid run config (naming the setting).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+    data = read_toml(path)
     section = data.pop("attack", {})
     for name, values in overrides.items():
         data[name] = {**data.get(name, {}), **dict(values)}

@@ -16,13 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 from protocols.errors import (
-    ConfigError,
     SecrelayError,
     exit_code,
 )
@@ -63,12 +57,9 @@ def _read_options(path: Path | None) -> dict[str, object]:
     """A TOML file of loader options (``--data-options``); ``{}`` without one."""
     if path is None:
         return {}
-    if not path.is_file():
-        raise ConfigError(f"--data-options file {str(path)!r} does not exist")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--data-options file {str(path)!r} is not valid TOML: {e}") from None
+    from secrelay.config import read_toml  # the config stack loads only when used
+
+    data = read_toml(path, "--data-options file")
     return dict(data.get("data", {}).get("options", data))
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "StrategyConfig",
     "load_config",
     "load_run_config",
+    "read_toml",
 ]
 
 
@@ -418,6 +419,18 @@ def load_run_config(run_dir: str | Path) -> RunConfig:
     return RunConfig.from_dict(data)
 
 
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The tables of the TOML file ``path``; a missing or unparsable file is one
+    :class:`ConfigError` naming it (``what`` says which file it is)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {str(p)!r} does not exist")
+    try:
+        return dict(tomllib.loads(p.read_text(encoding="utf-8")))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {str(p)!r} is not valid TOML: {e}") from None
+
+
 def load_config(path: str | Path | None = None, **overrides: Mapping[str, Any]) -> RunConfig:
     """Read a TOML config (or start from defaults) and apply section overrides.
 
@@ -427,15 +440,7 @@ def load_config(path: str | Path | None = None, **overrides: Mapping[str, Any]) 
         For a missing or unparsable file, an unknown section or key, a wrong type
         or an out-of-range value; the message names the key.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+    data: dict[str, Any] = read_toml(path) if path is not None else {}
     for section, values in overrides.items():
         data[section] = {**data.get(section, {}), **dict(values)}
     return RunConfig.from_dict(data)

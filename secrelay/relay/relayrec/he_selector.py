@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from protocols.errors import InvalidParameterError, MessageError
+from protocols.errors import MessageError
 from protocols.he import (
     CKKSParameters,
     PublicContext,
@@ -45,7 +45,7 @@ from protocols.he import (
 )
 from secrelay.federated.messages import SERVER, QueryMessage, ReplyMessage
 from secrelay.federated.transcript import Channel
-from secrelay.relay.relayrec.selector import SelectorArrays
+from secrelay.relay.relayrec.selector import SelectorArrays, selector_inputs
 
 __all__ = [
     "HE_CONTEXT_TOPIC",
@@ -102,19 +102,7 @@ def train_square_selector(
     """Train the HE-friendly selector (square activation) with cross-entropy (full
     batch, Adam), as :func:`~secrelay.relay.relayrec.selector.train_selector` trains the
     ReLU MLP. Returns the selector and its training accuracy."""
-    x = np.asarray(prefs, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    if x.ndim != 2 or y.shape != (x.shape[0],) or x.shape[0] == 0:
-        raise InvalidParameterError(
-            f"`prefs` must be (n, d) and `labels` (n,) with n >= 1; got {x.shape} and {y.shape}"
-        )
-    if y.min() < 0 or y.max() >= num_outputs:
-        raise InvalidParameterError(
-            f"`labels` must lie in [0, {num_outputs}); got {y.min()}..{y.max()}"
-        )
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale = np.where(scale > 1e-12, scale, 1.0)
+    x, y, mean, scale = selector_inputs(prefs, labels, num_outputs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         l1 = nn.Linear(x.shape[1], hidden)

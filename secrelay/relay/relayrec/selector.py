@@ -40,6 +40,7 @@ __all__ = [
     "SelectorWeights",
     "fit_item_space",
     "preference_vector",
+    "selector_inputs",
     "selector_logits",
     "train_selector",
 ]
@@ -236,6 +237,27 @@ def selector_logits(weights: SelectorWeights, p: np.ndarray) -> np.ndarray:
     return out
 
 
+def selector_inputs(
+    prefs: np.ndarray, labels: np.ndarray, num_outputs: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Checked training inputs of a selector: ``(x, y, mean, scale)`` with the
+    standardisation (a zero spread counts as 1) that becomes part of the selector."""
+    x = np.asarray(prefs, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if x.ndim != 2 or y.shape != (x.shape[0],) or x.shape[0] == 0:
+        raise InvalidParameterError(
+            f"`prefs` must be (n, d) and `labels` (n,) with n >= 1; got {x.shape} and {y.shape}"
+        )
+    if y.min() < 0 or y.max() >= num_outputs:
+        raise InvalidParameterError(
+            f"`labels` must lie in [0, {num_outputs}); got {y.min()}..{y.max()}"
+        )
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale = np.where(scale > 1e-12, scale, 1.0)
+    return x, y, mean, scale
+
+
 def train_selector(
     prefs: np.ndarray,
     labels: np.ndarray,
@@ -262,19 +284,7 @@ def train_selector(
     (SelectorWeights, float)
         The selector and its training accuracy.
     """
-    x = np.asarray(prefs, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    if x.ndim != 2 or y.shape != (x.shape[0],) or x.shape[0] == 0:
-        raise InvalidParameterError(
-            f"`prefs` must be (n, d) and `labels` (n,) with n >= 1; got {x.shape} and {y.shape}"
-        )
-    if y.min() < 0 or y.max() >= num_outputs:
-        raise InvalidParameterError(
-            f"`labels` must lie in [0, {num_outputs}); got {y.min()}..{y.max()}"
-        )
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale = np.where(scale > 1e-12, scale, 1.0)
+    x, y, mean, scale = selector_inputs(prefs, labels, num_outputs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = nn.Sequential(
