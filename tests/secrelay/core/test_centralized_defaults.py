@@ -1,5 +1,5 @@
 """Centralized training's defaults do not under-train sparse id tables: on a
-synthetic set with a 10⁴-item vocabulary, the library's LR comes within 0.01 AUC of
+synthetic set with a 10⁴-item vocabulary, the library's LR comes within 0.005 AUC (the issue's bar) of
 scikit-learn's LogisticRegression on the same one-hot features (the old defaults,
 Adam 1e-3 with patience 2, fell 0.03 short)."""
 
@@ -36,7 +36,7 @@ def test_default_lr_matches_scikit_learn_on_a_sparse_vocabulary():
     clf = LogisticRegression(C=1.0, max_iter=3000).fit(_onehot(ds, train), train.y)
     reference = roc_auc_score(test.y, clf.predict_proba(_onehot(ds, test))[:, 1])
     ours = train_centralized(model="lr", data="synthetic", dataset=ds, log=lambda _: None)
-    assert ours["test"]["auc"] >= reference - 0.01, (ours["test"]["auc"], reference)
+    assert ours["test"]["auc"] >= reference - 0.005, (ours["test"]["auc"], reference)
     old = train_centralized(
         model="lr",
         data="synthetic",
