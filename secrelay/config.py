@@ -292,6 +292,17 @@ class PrivacyConfig:
                 f"privacy.local_target_epsilon; got local_noise_multiplier="
                 f"{self.local_noise_multiplier}, local_target_epsilon={self.local_target_epsilon}"
             )
+        for target, budget in (
+            ("target_epsilon", "user_epsilon"),
+            ("local_target_epsilon", "example_epsilon"),
+        ):
+            t_val, b_val = getattr(self, target), getattr(self, budget)
+            if t_val is not None and b_val is not None and t_val > b_val:
+                problems.append(
+                    f"privacy.{target} = {t_val:g} exceeds its own budget privacy.{budget} = "
+                    f"{b_val:g}: noise calibrated to spend {t_val:g} would be refused before "
+                    f"the run ends; lower {target} or raise {budget}"
+                )
         if not self.user_level_dp:
             for name in ("noise_multiplier", "target_epsilon", "clipping_norm"):
                 if getattr(self, name) is not None:

@@ -258,6 +258,10 @@ def _execute(
         if session is not None:
             final["privacy"] = session.spent()
             log(_epsilon_line(final["privacy"]))
+            warning = utility_warning(records[0], records[-1])
+            if warning is not None:
+                final["warnings"] = [warning]
+                log(f"warning: {warning}")
         if done:
             atomic_write_text(run_dir / "summary.json", json.dumps(final, indent=2, default=float))
             if config.run.record_transcript:
@@ -265,6 +269,26 @@ def _execute(
         return RunResult(run_dir, records, final, final.get("privacy"))
     finally:
         method.close()
+
+
+def utility_warning(cloud: Mapping[str, Any], final: Mapping[str, Any]) -> str | None:
+    """A warning when a DP run ends far below the cloud model it started from (logloss
+    more than 1.5× the cloud's, or AUC more than 0.05 lower): the noise dominates the
+    updates, and the protected model is not worth deploying as it is."""
+    worse = []
+    c_ll, f_ll = cloud.get("logloss"), final.get("logloss")
+    if c_ll is not None and f_ll is not None and f_ll > 1.5 * c_ll:
+        worse.append(f"logloss {f_ll:.3g} against the cloud model's {c_ll:.3g}")
+    c_auc, f_auc = cloud.get("auc"), final.get("auc")
+    if c_auc is not None and f_auc is not None and f_auc < c_auc - 0.05:
+        worse.append(f"AUC {f_auc:.3f} against the cloud model's {c_auc:.3f}")
+    if not worse:
+        return None
+    return (
+        "the DP noise destroyed the model (" + "; ".join(worse) + "): raise the ε target, "
+        "sample more devices per round, lower privacy.clipping_norm or run fewer rounds "
+        "(docs/dp.md)"
+    )
 
 
 def _epsilon_line(spent: Mapping[str, Any]) -> str:
