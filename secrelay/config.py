@@ -76,12 +76,21 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    """``[split]``: the regulation split and the per-device train/test split."""
+    """``[split]``: the regulation split and the per-device train/test split.
+
+    ``evaluate_on = "validation"`` is the tuning protocol: the last
+    ``validation_fraction`` of each device's *training* rows (in time order) are
+    held out and every evaluation of the run uses them; the test rows are not
+    loaded into the run at all. Choose hyperparameters this way, then report the
+    chosen configuration with ``evaluate_on = "test"``.
+    """
 
     mode: Literal["random", "temporal"] = "random"
     alpha: float = 0.05
     train_fraction: float = 0.8
     min_device_rows: int = 2
+    evaluate_on: Literal["test", "validation"] = "test"
+    validation_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
@@ -90,6 +99,14 @@ class SplitConfig:
             raise ConfigError(f"split.train_fraction must be in (0, 1); got {self.train_fraction}")
         if self.min_device_rows < 1:
             raise ConfigError(f"split.min_device_rows must be >= 1; got {self.min_device_rows}")
+        if self.evaluate_on not in ("test", "validation"):
+            raise ConfigError(
+                f"split.evaluate_on must be 'test' or 'validation'; got {self.evaluate_on!r}"
+            )
+        if not 0 < self.validation_fraction < 1:
+            raise ConfigError(
+                f"split.validation_fraction must be in (0, 1); got {self.validation_fraction}"
+            )
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,23 @@ def prepare_data(config: RunConfig, dataset: CTRDataset | None = None) -> Prepar
         min_rows=max(2, config.split.min_device_rows),
         too_few="drop",
     )
-    train_by_user = dsplit.train.split_by_user()
-    test_by_user = dsplit.test.split_by_user()
+    train, test = dsplit.train, dsplit.test
+    held_out = ""
+    if config.split.evaluate_on == "validation":
+        # The tuning protocol: the test rows never enter the run.
+        vsplit = device_train_test_split(
+            train,
+            train_fraction=1.0 - config.split.validation_fraction,
+            min_rows=2,
+            too_few="train",
+        )
+        train, test = vsplit.train, vsplit.test
+        held_out = (
+            f"; evaluating on a validation split (the last {config.split.validation_fraction:g}"
+            f" of each device's training rows, {len(test)} rows): the test split is not used"
+        )
+    train_by_user = train.split_by_user()
+    test_by_user = test.split_by_user()
     devices = {
         u: DeviceData(u, tr, test_by_user.get(u, tr.subset(np.zeros(0, dtype=np.int64))))
         for u, tr in sorted(train_by_user.items())
@@ -70,6 +85,6 @@ def prepare_data(config: RunConfig, dataset: CTRDataset | None = None) -> Prepar
         f"cloud rows {len(split.cloud)} ({split.cloud.n_users} users); device rows "
         f"{len(split.device)} on {len(devices)} devices; {len(dsplit.users_too_few)} devices "
         f"({dsplit.rows_too_few} rows) dropped with fewer than "
-        f"{max(2, config.split.min_device_rows)} rows",
+        f"{max(2, config.split.min_device_rows)} rows{held_out}",
     )
     return PreparedData(ds, split.cloud, devices, notes)
