@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -37,7 +38,12 @@ __all__ = ["ClusteredStrategy", "StandaloneStrategy", "round_count"]
 class ClusteredStrategy(Strategy):
     """One FedAvg (or FedProx, with ``mu`` > 0) per model key; devices choose their
     key on the device (e.g. a RelayRec selector or a cloud-assigned group) and
-    contribute into that key's slot only — clusters never mix."""
+    contribute into that key's slot only — clusters never mix.
+
+    ``server_optimizer = "adagrad"`` makes each key's server step FedAdagrad's
+    (Reddi et al. 2021): the key's mean update Δ is a pseudo-gradient,
+    v ← v + Δ², w ← w + η·Δ/(√v + τ), with one v per key, advanced only in rounds
+    where the key is updated."""
 
     name = "clustered"
 
@@ -48,13 +54,23 @@ class ClusteredStrategy(Strategy):
         server_lr: float = 1.0,
         weighting: Weighting = "samples",
         count_share: float = 0.25,
+        server_optimizer: Literal["sgd", "adagrad"] = "sgd",
+        tau: float = 1e-3,
     ) -> None:
         super().__init__()
         _check_positive("server_lr", server_lr)
+        _check_positive("tau", tau)
         if mu < 0:
             raise InvalidParameterError(f"`mu` must be >= 0; got {mu!r}")
         if not (isinstance(count_share, (int, float)) and 0 < count_share <= 1):
             raise InvalidParameterError(f"`count_share` must be in (0, 1]; got {count_share!r}")
+        if server_optimizer not in ("sgd", "adagrad"):
+            raise InvalidParameterError(
+                f"`server_optimizer` must be 'sgd' or 'adagrad'; got {server_optimizer!r}"
+            )
+        self.server_optimizer = server_optimizer
+        self.tau = float(tau)
+        self.v: dict[str, np.ndarray] = {}
         self.mu = float(mu)
         self.server_lr = float(server_lr)
         self.weighting: Weighting = weighting
@@ -109,8 +125,22 @@ class ClusteredStrategy(Strategy):
             # Under user-level DP the count itself is noisy: min_count is 3 σ.
             if count[i] < self.min_count or weight[i] <= 0:  # min_count >= 0.5: none
                 continue
-            self._set(key, self.models[key] + self.server_lr * delta[i] / weight[i])
+            mean = delta[i] / weight[i]
+            if self.server_optimizer == "adagrad":
+                v = self.v.get(key, np.zeros_like(mean)) + mean**2
+                self.v[key] = v
+                step = self.server_lr * mean / (np.sqrt(v) + self.tau)
+            else:
+                step = self.server_lr * mean
+            self._set(key, self.models[key] + step)
         return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "v": {k: v.copy() for k, v in self.v.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.v = {k: np.asarray(v).copy() for k, v in state.get("v", {}).items()}
 
 
 def round_count(x: float) -> int:

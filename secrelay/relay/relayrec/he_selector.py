@@ -45,7 +45,7 @@ from protocols.he import (
 )
 from secrelay.federated.messages import SERVER, QueryMessage, ReplyMessage
 from secrelay.federated.transcript import Channel
-from secrelay.relay.relayrec.selector import SelectorArrays, selector_inputs
+from secrelay.relay.relayrec.selector import SelectorArrays, class_weights, selector_inputs
 
 __all__ = [
     "HE_CONTEXT_TOPIC",
@@ -98,6 +98,7 @@ def train_square_selector(
     epochs: int = 300,
     lr: float = 0.01,
     seed: int = 0,
+    balance: bool = False,
 ) -> tuple[SquareSelectorWeights, float]:
     """Train the HE-friendly selector (square activation) with cross-entropy (full
     batch, Adam), as :func:`~secrelay.relay.relayrec.selector.train_selector` trains the
@@ -113,10 +114,11 @@ def train_square_selector(
         net = nn.Sequential(l1, _Square(), l2)
     xt = torch.from_numpy((x - mean) / scale).float()
     yt = torch.from_numpy(y)
+    weight = torch.from_numpy(class_weights(y, num_outputs)).float() if balance else None
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for _ in range(epochs):
         opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(net(xt), yt)
+        loss = nn.functional.cross_entropy(net(xt), yt, weight=weight)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
     weights = SquareSelectorWeights(

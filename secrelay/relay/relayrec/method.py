@@ -118,6 +118,7 @@ class RelayRecMethod(LoopMethod):
                     epochs=opts.selector_epochs,
                     lr=opts.selector_lr,
                     seed=seed,
+                    balance=opts.selector_balance,
                 )
                 he = HESelectorServer(square, opts.he_parameters(), radix=opts.he_radix)
             selector, acc_relu = train_selector(
@@ -128,6 +129,7 @@ class RelayRecMethod(LoopMethod):
                 epochs=opts.selector_epochs,
                 lr=opts.selector_lr,
                 seed=seed,
+                balance=opts.selector_balance,
             )
             if he is None:
                 acc = acc_relu

@@ -67,6 +67,13 @@ class RelayRecOptions:
         Epochs of fine-tuning each initial model on all cloud data (>= 0).
     selector_hidden, selector_epochs, selector_lr:
         The selector MLP (one hidden ReLU layer, full-batch Adam).
+    selector_balance:
+        Train the selector with cluster-balanced cross-entropy (each cluster weighted
+        by the inverse of its size), so the largest cluster does not take every device.
+    server_optimizer, server_lr, server_tau:
+        The per-cluster server step of the clustered collaborations: ``"sgd"``
+        (FedAvg's, default η = 1) or ``"adagrad"`` (FedAdagrad per cluster, default
+        η = 0.01, τ = 1e-3); ``server_lr`` unset takes the optimizer's default.
     weighting:
         Device weights in the clustered aggregation: ``"samples"`` (default) or
         ``"uniform"``; ``privacy.user_level_dp`` always uses uniform weights (sample
@@ -104,6 +111,10 @@ class RelayRecOptions:
     selector_hidden: int = 32
     selector_epochs: int = 300
     selector_lr: float = 0.01
+    selector_balance: bool = False
+    server_optimizer: Literal["sgd", "adagrad"] = "sgd"
+    server_lr: float | None = None
+    server_tau: float = 1e-3
     weighting: Literal["samples", "uniform"] = "samples"
     dp_count_share: float = 0.25
     he_poly_modulus_degree: int = 8192
@@ -122,6 +133,13 @@ class RelayRecOptions:
         return CKKSParameters(
             self.he_poly_modulus_degree, self.he_coeff_mod_bit_sizes, self.he_scale_bits
         )
+
+    @property
+    def effective_server_lr(self) -> float:
+        """``server_lr``, or the server optimizer's default (SGD 1, Adagrad 0.01)."""
+        if self.server_lr is not None:
+            return float(self.server_lr)
+        return 1.0 if self.server_optimizer == "sgd" else 0.01
 
     @property
     def multiple(self) -> bool:
@@ -154,6 +172,17 @@ def _check_relayrec(o: Mapping[str, Any]) -> list[str]:
     if "dp_count_share" in o and not 0 < o["dp_count_share"] <= 1:
         problems.append(
             f"method.options.dp_count_share must be in (0, 1]; got {o['dp_count_share']!r}"
+        )
+    if o.get("server_lr") is not None and not o["server_lr"] > 0:
+        problems.append(f"method.options.server_lr must be > 0; got {o['server_lr']!r}")
+    if "server_tau" in o and not o["server_tau"] > 0:
+        problems.append(f"method.options.server_tau must be > 0; got {o['server_tau']!r}")
+    if o.get("server_optimizer", "sgd") != "sgd" and not str(
+        o.get("collaboration", "clustered_fedprox")
+    ).startswith("clustered"):
+        problems.append(
+            "method.options.server_optimizer applies to the clustered collaborations only; "
+            f"got collaboration = {o.get('collaboration')!r}"
         )
     if "mu" in o and o["mu"] < 0:
         problems.append(f"method.options.mu must be >= 0; got {o['mu']!r}")

@@ -258,6 +258,16 @@ def selector_inputs(
     return x, y, mean, scale
 
 
+def class_weights(labels: np.ndarray, num_outputs: int) -> np.ndarray:
+    """Per-class cross-entropy weights n / (K·n_k) (scikit-learn's "balanced"); 0 for
+    a class with no member."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_outputs)
+    present = counts > 0
+    out = np.zeros(num_outputs, dtype=np.float64)
+    out[present] = counts.sum() / (present.sum() * counts[present])
+    return out
+
+
 def train_selector(
     prefs: np.ndarray,
     labels: np.ndarray,
@@ -267,6 +277,7 @@ def train_selector(
     epochs: int = 300,
     lr: float = 0.01,
     seed: int = 0,
+    balance: bool = False,
 ) -> tuple[SelectorWeights, float]:
     """Train the selector MLP with cross-entropy (full batch, Adam).
 
@@ -278,6 +289,9 @@ def train_selector(
         ``(n,)`` their cluster ids in ``[0, num_outputs)``.
     num_outputs:
         K, the number of initial models.
+    balance:
+        Weight each cluster's cross-entropy by the inverse of its size
+        (:func:`class_weights`), so a large cluster cannot absorb every device.
 
     Returns
     -------
@@ -292,10 +306,11 @@ def train_selector(
         )
     xt = torch.from_numpy((x - mean) / scale).float()
     yt = torch.from_numpy(y)
+    weight = torch.from_numpy(class_weights(y, num_outputs)).float() if balance else None
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for _ in range(epochs):
         opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(net(xt), yt)
+        loss = nn.functional.cross_entropy(net(xt), yt, weight=weight)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
     l1, l2 = net[0], net[2]

@@ -66,10 +66,15 @@ def _make_strategy(opts: RelayRecOptions, *, uniform: bool = False) -> Strategy:
     c = opts.collaboration
     weighting: Literal["samples", "uniform"] = "uniform" if uniform else "samples"
     share = opts.dp_count_share
-    if c == "clustered_fedprox":
-        return ClusteredStrategy(mu=opts.mu, weighting=weighting, count_share=share)
-    if c == "clustered_fedavg":
-        return ClusteredStrategy(mu=0.0, weighting=weighting, count_share=share)
+    if c in ("clustered_fedprox", "clustered_fedavg"):
+        return ClusteredStrategy(
+            mu=opts.mu if c == "clustered_fedprox" else 0.0,
+            weighting=weighting,
+            count_share=share,
+            server_optimizer=opts.server_optimizer,
+            server_lr=opts.effective_server_lr,
+            tau=opts.server_tau,
+        )
     if c == "fedprox":
         return SharedUpdateStrategy(mu=opts.mu, weighting=weighting)
     if c == "fedavg":
