@@ -11,11 +11,17 @@ session. Also reports the secure sum alone on random vectors of the same size
 (the protocol's share of the round).
 
 Run: pytest benchmarks/bench_secure_round.py --benchmark-columns=mean,stddev,min,rounds
+
+On a shared machine time in CPU time (``--benchmark-timer=time.process_time``) and
+read the overhead from ``test_fedavg_round_interleaved``, which alternates the two
+protocols round by round (``--benchmark-json``: ``extra_info.malicious_over_honest``);
+the separate per-protocol tests run one after the other and drift with the load.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,25 +62,17 @@ def _sum_protocol(protocol):
     return SecureSum(SecureSumSettings(active_security=protocol.endswith("malicious")))
 
 
-@pytest.mark.parametrize("pool", ["all devices", "same 100 devices"])
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_fedavg_round_100_devices(benchmark, setup, protocol, pool):
-    """``all devices``: each round samples 100 of the ~940 devices, so most pairs of
-    devices meet for the first time and derive their pairwise identity key (one
-    X25519 each) — the cold cost. ``same 100 devices``: every round has the same
-    100 devices, whose keys are known after the warm-up round — the steady state of
-    devices that keep their pairwise keys (or derived them at enrolment)."""
+def _loop(setup, protocol: str, pool: str) -> FederatedLoop:
     data, spec = setup
     devices = data.devices
     if pool == "same 100 devices":
         devices = {dev: devices[dev] for dev in sorted(devices)[:N_DEVICES]}
     strategy = FedAvg()
-    d = spec.num_parameters()
-    strategy.initialize({"global": np.zeros(d, dtype=np.float32)})
+    strategy.initialize({"global": np.zeros(spec.num_parameters(), dtype=np.float32)})
     program = strategy.client_program(
         spec, PlainTrainer(TrainConfig(epochs=1, batch_size=32, lr=1e-3, optimizer="adam"))
     )
-    loop = FederatedLoop(
+    return FederatedLoop(
         strategy,
         program,
         devices,
@@ -83,11 +81,51 @@ def test_fedavg_round_100_devices(benchmark, setup, protocol, pool):
         sum_protocol=_sum_protocol(protocol),
         channel=Channel(Transcript(keep_payloads=False)),
     )
+
+
+@pytest.mark.parametrize("pool", ["all devices", "same 100 devices"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_fedavg_round_100_devices(benchmark, setup, protocol, pool):
+    """``all devices``: each round samples 100 of the ~940 devices, so most pairs of
+    devices meet for the first time and derive their pairwise identity key (one
+    X25519 each) — the cold cost. ``same 100 devices``: every round has the same
+    100 devices, whose keys are known after the warm-up round — the steady state of
+    devices that keep their pairwise keys (or derived them at enrolment)."""
+    loop = _loop(setup, protocol, pool)
     counter = iter(range(1, 10_000))
-    benchmark.extra_info["d"] = d
+    benchmark.extra_info["d"] = setup[1].num_parameters()
     benchmark.pedantic(
         lambda: loop.run_round(next(counter), evaluate=False), rounds=3, warmup_rounds=1
     )
+
+
+@pytest.mark.parametrize("pool", ["all devices", "same 100 devices"])
+def test_fedavg_round_interleaved(benchmark, setup, pool):
+    """The overhead of the malicious-server protocol, robust to a shared machine:
+    one honest-but-curious and one malicious round alternate (the order swapped
+    every pair), each timed in CPU time of this process, so slow drifts of the
+    machine's load hit both alike. The benchmark times a pair; ``extra_info``
+    holds each protocol's per-round CPU seconds and the ratio of medians."""
+    names = ("secagg+ honest-but-curious", "secagg+ malicious")
+    loops = {name: _loop(setup, name, pool) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    counter = iter(range(1, 10_000))
+
+    def pair() -> None:
+        r = next(counter)
+        for name in names if r % 2 else names[::-1]:
+            start = time.process_time()
+            loops[name].run_round(r, evaluate=False)
+            times[name].append(time.process_time() - start)
+
+    benchmark.pedantic(pair, rounds=5, warmup_rounds=1)
+    measured = {name: t[1:] for name, t in times.items()}  # without the warm-up pair
+    medians = {name: float(np.median(t)) for name, t in measured.items()}
+    benchmark.extra_info["cpu_s_per_round"] = {
+        n: [round(x, 4) for x in t] for n, t in measured.items()
+    }
+    benchmark.extra_info["median_cpu_s"] = medians
+    benchmark.extra_info["malicious_over_honest"] = medians[names[1]] / medians[names[0]]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

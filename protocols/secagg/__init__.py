@@ -29,11 +29,19 @@ from protocols.secagg.config import (
     consistency_quorum,
     default_neighbours,
     default_threshold,
+    default_vote_slack,
     dropout_failure_probability,
+    voting_degree,
 )
 from protocols.secagg.driver import SecureSumResult, flatten_parts, simulate_secure_sum
 from protocols.secagg.encoding import FixedPointEncoder
-from protocols.secagg.graph import NeighbourGraph, make_graph, neighbour_graph, separator_size
+from protocols.secagg.graph import (
+    NeighbourGraph,
+    make_graph,
+    neighbour_graph,
+    separator_size,
+    voting_peers,
+)
 from protocols.secagg.messages import MessageType, decode_message
 from protocols.secagg.pki import IdentityDirectory, IdentityKey, make_identity_keys
 from protocols.secagg.prg import expand_mask
@@ -71,6 +79,7 @@ __all__ = [
     "decode_message",
     "default_neighbours",
     "default_threshold",
+    "default_vote_slack",
     "dropout_failure_probability",
     "expand_mask",
     "flatten_parts",
@@ -80,4 +89,6 @@ __all__ = [
     "separator_size",
     "simulate_secure_sum",
     "split_secret",
+    "voting_degree",
+    "voting_peers",
 ]

@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from numpy.typing import ArrayLike, NDArray
 
 from protocols.errors import InvalidParameterError, MessageError, ProtocolAbort
-from protocols.secagg.config import SecAggConfig, Stage
+from protocols.secagg.config import SecAggConfig, Stage, quorum_shortfall
 from protocols.secagg.crypto import (
     advertisement_payload,
     aead_decrypt,
@@ -464,9 +464,12 @@ class SecAggClient:
         enough of its share holders and enough signers for the quorum survived,
         and no ``t - 1`` survivors can split the survivors' graph into separately
         learnable partial sums — then signs them: one authenticator tag, under the
-        pairwise key from the PKI, for every other survivor. It signs one
-        survivor set per round: the identical request is answered again, any
-        other is refused.
+        pairwise key from the PKI, for each survivor the request names as a
+        recipient (every other survivor by default; the honest server names the
+        voting peers of :func:`~protocols.secagg.graph.voting_peers`). Whom the
+        tags go to cannot change which set they vouch for. It signs one survivor
+        set per round: the identical request is answered again, any other is
+        refused.
 
         Parameters
         ----------
@@ -476,7 +479,7 @@ class SecAggClient:
         Returns
         -------
         bytes
-            A ``CONSISTENCY_VOTE`` message: one tag for every other survivor.
+            A ``CONSISTENCY_VOTE`` message: one tag per requested recipient.
 
         Raises
         ------
@@ -525,16 +528,15 @@ class SecAggClient:
         if len(survivors) < cfg.quorum:
             self._abort(
                 stage,
-                f"only {len(survivors)} survivors; the quorum of {cfg.quorum} votes "
-                "for one survivor set can never be reached",
+                f"client {self._id} refuses to vote, as the quorum can never be reached: "
+                + quorum_shortfall(cfg.n_clients, cfg.k, cfg.t, survivors, "are survivors"),
             )
         self._check_graph(stage, survivors)
         shared_bits, survivor_bits = request.bitmaps()
         payload = consistency_payload(self._round_id, cfg.n_clients, shared_bits, survivor_bits)
         tags = tuple(
             (w, auth_tag(self._pairwise(w), payload, self._id, w))
-            for w in request.survivors
-            if w != self._id
+            for w in request.vote_recipients()
         )
         reply = ConsistencyVote(self._round_id, self._id, tags).to_bytes()
         self._signed_request = request
@@ -550,7 +552,8 @@ class SecAggClient:
         shares with the voter, over the survivor sets *this* client voted for and
         the voter is a survivor of those sets; together with this client there
         must be at least ``config.quorum`` of them (a vote that does not verify —
-        cast for another set, or forged — simply does not count). Then the client
+        cast for another set, or forged — simply does not count; verification
+        stops once the quorum is reached). Then the client
         reveals the self-mask seed shares of its owners in ``U3`` and the
         masking-key shares of its owners in ``U2 \\ U3``, both read from the sets
         it voted for (nothing the server says at this stage can change them).
@@ -579,8 +582,11 @@ class SecAggClient:
         survivors = frozenset(request.survivors)
         stage = Stage.UNMASKING
         valid = 0
+        needed = self._config.quorum - 1  # its own vote counts too
         invalid: list[int] = []
         for voter, tag in bundle.tags:
+            if valid >= needed:
+                break  # the quorum is reached: further votes cannot change anything
             if voter not in survivors:
                 invalid.append(voter)  # not a survivor of this set: never counts
                 continue
@@ -597,7 +603,7 @@ class SecAggClient:
                 invalid.append(voter)  # a vote for another set, or forged: never counts
                 continue
             valid += 1
-        if valid + 1 < self._config.quorum:
+        if valid < needed:
             detail = (
                 f"; the votes of clients {invalid[:10]} do not verify over the survivor set "
                 "this client signed (the server showed different survivor sets to different "

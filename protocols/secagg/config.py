@@ -8,6 +8,7 @@ with (Poly)Logarithmic Overhead", SecAgg+) with plain SecAgg (Bonawitz et al.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Final
@@ -26,7 +27,10 @@ __all__ = [
     "consistency_quorum",
     "default_neighbours",
     "default_threshold",
+    "default_vote_slack",
     "dropout_failure_probability",
+    "quorum_shortfall",
+    "voting_degree",
 ]
 
 #: Largest supported number of clients (client ids are ``0 .. n_clients - 1``).
@@ -237,6 +241,129 @@ def consistency_quorum(n_clients: int, threshold: int) -> int:
     return max(threshold, (n_clients + threshold - 1) // 2 + 1)
 
 
+def quorum_shortfall(
+    n_clients: int, neighbours: int, threshold: int, survivors: Collection[int], what: str
+) -> str:
+    """The explanation every party gives when too few clients are left for the quorum.
+
+    Names the quorum and how it is computed, the survivors, how many dropouts the
+    consistency check tolerates at this ``n`` (and the honest-but-curious protocol
+    in comparison: ``k + 1 - t`` among any client's share holders) and what to change.
+
+    Examples
+    --------
+    >>> print(quorum_shortfall(10, 9, 6, [0, 1, 2, 3, 4, 5, 6], "sent masked inputs"))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    only 7 of the 10 clients sent masked inputs (survivors [0, 1, 2, 3, 4, 5, 6]); the
+    consistency check of the malicious-server protocol needs a quorum of q = floor((n +
+    t - 1) / 2) + 1 = 8 votes for one survivor set (n = 10 clients, threshold t = 6),
+    so it tolerates at most n - q = 2 dropouts in a round of 10 (the honest-but-curious
+    protocol: k + 1 - t = 4 among any client's 10 share holders); to tolerate more, run
+    larger rounds, or use the honest-but-curious protocol (`active_security=False`;
+    `[privacy] secagg_active_security = false`) where the server is trusted to follow
+    the protocol
+    """
+    q = consistency_quorum(n_clients, threshold)
+    alive = sorted(survivors)
+    shown = str(alive) if len(alive) <= 20 else f"{alive[:20]} and {len(alive) - 20} more"
+    return (
+        f"only {len(alive)} of the {n_clients} clients {what} (survivors {shown}); the "
+        "consistency check of the malicious-server protocol needs a quorum of "
+        f"q = floor((n + t - 1) / 2) + 1 = {q} votes for one survivor set (n = {n_clients} "
+        f"clients, threshold t = {threshold}), so it tolerates at most n - q = "
+        f"{n_clients - q} dropouts in a round of {n_clients} (the honest-but-curious "
+        f"protocol: k + 1 - t = {neighbours + 1 - threshold} among any client's "
+        f"{neighbours + 1} share holders); to tolerate more, run larger rounds, or use the "
+        "honest-but-curious protocol (`active_security=False`; `[privacy] "
+        "secagg_active_security = false`) where the server is trusted to follow the protocol"
+    )
+
+
+def _binomial_upper_tail(trials: int, p: float, above: int) -> float:
+    """``P[Binomial(trials, p) > above]``, summed from ``above + 1`` in log space
+    until the terms vanish (fine for any ``trials`` up to ``MAX_CLIENTS``); 1.0
+    when ``above`` is below the mean (the tail is then ``>= 1/2``: only ever
+    compared with targets below that)."""
+    if above >= trials or p <= 0.0:
+        return 0.0
+    if p >= 1.0 or above < trials * p:
+        return 1.0
+    j = above + 1
+    log_term = (
+        math.lgamma(trials + 1)
+        - math.lgamma(j + 1)
+        - math.lgamma(trials - j + 1)
+        + j * math.log(p)
+        + (trials - j) * math.log1p(-p)
+    )
+    term, total, ratio = math.exp(log_term), 0.0, p / (1.0 - p)
+    while j <= trials:
+        total += term
+        if term < total * 1e-17:
+            break
+        term *= (trials - j) / (j + 1) * ratio
+        j += 1
+    return min(1.0, total)
+
+
+def default_vote_slack(
+    n_clients: int, threshold: int, *, max_dropout_rate: float = 0.1, failure_log2: int = -20
+) -> int:
+    """Default ``vote_slack``: the same design rule as :func:`default_neighbours`.
+
+    The smallest ``s >= 1`` such that, with independent dropouts of probability
+    ``max_dropout_rate`` all falling at the consistency check, the union bound over
+    the clients of "more than ``s`` of a client's ``q - 1 + s`` voting peers drop"
+    is at most ``2**failure_log2``; capped at ``n - q`` (then every survivor votes
+    to every other).
+
+    Examples
+    --------
+    >>> [default_vote_slack(n, t) for n, t in ((10, 6), (100, 18), (1000, 20))]
+    [2, 27, 111]
+    """
+    q = consistency_quorum(n_clients, threshold)
+    cap = max(1, n_clients - q)
+    target = 2.0**failure_log2
+
+    def ok(slack: int) -> bool:
+        return n_clients * _binomial_upper_tail(q - 1 + slack, max_dropout_rate, slack) <= target
+
+    if ok(1):
+        return 1
+    if not ok(cap):
+        return cap
+    lo, hi = 1, cap  # not ok(lo), ok(hi); the tail falls as the slack grows
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi
+
+
+def voting_degree(n_survivors: int, quorum: int, slack: int) -> int:
+    """How many other survivors each survivor exchanges consistency votes with.
+
+    A client unmasks only with ``quorum`` votes (its own included) over the set it
+    voted for, so it needs ``quorum - 1`` votes from others; ``slack`` more absorb
+    that many dropouts (or invalid votes) among its voting peers. Voting with
+    every other survivor (``n_survivors - 1``) tolerates the most dropouts and
+    costs one pairwise key per pair of survivors; this degree cuts the keys a
+    client needs on first meeting from ``n_survivors - 1`` to about
+    ``quorum - 1 + slack`` without changing the quorum argument
+    (:func:`consistency_quorum`: it holds whoever the votes are addressed to).
+
+    Examples
+    --------
+    >>> voting_degree(100, 59, 10)
+    68
+    >>> voting_degree(10, 8, 1)
+    8
+    >>> voting_degree(9, 8, 5)
+    8
+    """
+    return max(0, min(n_survivors - 1, quorum - 1 + slack))
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -279,8 +406,8 @@ class SecAggConfig:
         ``None`` (default) follows ``active_security``; ``False`` together with
         ``active_security=True`` is refused.
     max_dropout_rate:
-        Design dropout rate used only to choose the default ``neighbours``;
-        in ``[0, 1)``.
+        Design dropout rate used to choose the default ``neighbours`` and
+        ``vote_slack``; in ``[0, 1)``.
     active_security:
         The malicious-server variant (Bonawitz et al. 2017, §4, carried over to
         the SecAgg+ graph): signed advertisements, the consistency-check stage
@@ -294,6 +421,15 @@ class SecAggConfig:
         The identity keys of all ``n`` clients (an :class:`IdentityDirectory`);
         needed whenever advertisements are signed, here or as the clients' and
         server's ``identity_public_keys``.
+    vote_slack:
+        Active security: how many dropouts (or invalid votes) among its voting
+        peers a survivor absorbs at the consistency check; each survivor exchanges
+        votes with :func:`voting_degree` ``= min(|U3| - 1, quorum - 1 + vote_slack)``
+        others (:func:`~protocols.secagg.graph.voting_peers`). ``None``:
+        :func:`default_vote_slack` (the design rule of the default
+        ``neighbours``, at ``max_dropout_rate``); ``n_clients`` or more: every
+        survivor votes to every other (the most tolerant, and the most pairwise
+        keys on first meeting). The security argument does not depend on it.
 
     Examples
     --------
@@ -318,6 +454,7 @@ class SecAggConfig:
     max_dropout_rate: float = 0.1
     active_security: bool = True
     pki: IdentityDirectory | None = None
+    vote_slack: int | None = None
     _encoder: FixedPointEncoder = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -391,8 +528,15 @@ class SecAggConfig:
                     "disjoint sets of holders reconstruct both secrets of one client, "
                     "and a threshold of 1 reveals them outright"
                 )
+        slack = self.vote_slack
+        if slack is not None and (not _is_int(slack) or slack < 0):
+            problems.append(f"`vote_slack` must be an integer >= 0 or None; got {slack!r}")
         if problems:
             raise InvalidParameterError("invalid SecAggConfig: " + "; ".join(problems))
+        if slack is None:
+            assert t is not None
+            slack = default_vote_slack(n, t, max_dropout_rate=float(self.max_dropout_rate))
+        object.__setattr__(self, "vote_slack", slack)
         object.__setattr__(self, "neighbours", k)
         object.__setattr__(self, "threshold", t)
         object.__setattr__(self, "sign_advertisements", sign)

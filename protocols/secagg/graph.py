@@ -44,6 +44,7 @@ __all__ = [
     "ring_order",
     "separator_size",
     "split_reason",
+    "voting_peers",
 ]
 
 _LABEL = b"secrelay/secagg/v1/neighbour-graph"
@@ -296,3 +297,44 @@ def split_reason(size: int, threshold: int) -> str:
         f"{threshold - 1} colluding clients could be those: the server could then learn a "
         "partial sum, not only the sum of all survivors"
     )
+
+
+def voting_peers(
+    members: Iterable[int], degree: int, order: Sequence[int] | None = None
+) -> dict[int, frozenset[int]]:
+    """The symmetric peers each survivor exchanges consistency votes with.
+
+    The members are placed on the public ring (``order`` restricted to them;
+    ascending ids when ``order`` is ``None``) and each is joined to the
+    ``ceil(degree / 2)`` members on either side, or to every other member when
+    that covers them all. Symmetric, so one pairwise key serves a vote in each
+    direction; on the SecAgg+ ring it contains every surviving neighbour within
+    ``ceil(degree / 2)`` positions, whose keys the advertisement tags already used.
+
+    Which votes a client receives does not matter to the quorum argument (a
+    malicious server can always withhold votes); this choice only makes the
+    honest server's round cheaper (see :func:`~protocols.secagg.config.voting_degree`).
+
+    Examples
+    --------
+    >>> peers = voting_peers(range(6), 2)
+    >>> sorted(peers[0]), sorted(peers[3])
+    ([1, 5], [2, 4])
+    >>> sorted(voting_peers(range(4), 3)[0])
+    [1, 2, 3]
+    """
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+        raise InvalidParameterError(f"`degree` must be an integer >= 0; got {degree!r}")
+    chosen = set(members)
+    ring = [u for u in order if u in chosen] if order is not None else sorted(chosen)
+    if len(ring) != len(chosen):
+        raise InvalidParameterError("`order` must list every member")
+    m = len(ring)
+    half = -(-degree // 2)
+    if 2 * half >= m - 1:
+        everyone = frozenset(ring)
+        return {u: everyone - {u} for u in ring}
+    return {
+        u: frozenset(ring[(pos + off) % m] for off in range(-half, half + 1) if off != 0)
+        for pos, u in enumerate(ring)
+    }

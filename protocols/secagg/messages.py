@@ -672,7 +672,11 @@ class ConsistencyRequest:
 
     ``shared`` is ``U2`` (clients whose shares were delivered), ``survivors`` is
     ``U3 ⊆ U2`` (clients whose masked inputs are in the sum), both sorted, over
-    the ``n_clients`` registered clients. The wire format is two bitmaps.
+    the ``n_clients`` registered clients. ``recipients`` (sorted, a subset of
+    ``survivors`` without the receiver) are the survivors the client addresses a
+    vote tag to; ``None`` means every other survivor. It is not part of what the
+    vote covers: who receives a vote cannot change which set it is for. The wire
+    format is three bitmaps.
     """
 
     round_id: bytes
@@ -680,18 +684,26 @@ class ConsistencyRequest:
     n_clients: int
     shared: tuple[int, ...]
     survivors: tuple[int, ...]
+    recipients: tuple[int, ...] | None = None
 
     def bitmaps(self) -> tuple[bytes, bytes]:
-        """``(U2 bitmap, U3 bitmap)``."""
+        """``(U2 bitmap, U3 bitmap)``: what a vote covers."""
         return (
             ids_to_bitmap(self.shared, self.n_clients),
             ids_to_bitmap(self.survivors, self.n_clients),
         )
 
+    def vote_recipients(self) -> tuple[int, ...]:
+        """The survivors this request asks the receiver to address a vote tag to."""
+        if self.recipients is None:
+            return tuple(w for w in self.survivors if w != self.receiver)
+        return self.recipients
+
     def to_bytes(self) -> bytes:
         """Serialize."""
         shared, survivors = self.bitmaps()
-        body = _u32(self.n_clients, "n_clients") + shared + survivors
+        recipients = ids_to_bitmap(self.vote_recipients(), self.n_clients)
+        body = _u32(self.n_clients, "n_clients") + shared + survivors + recipients
         return _pack(MessageType.CONSISTENCY_REQUEST, self.round_id, SERVER_ID, self.receiver, body)
 
     @classmethod
@@ -707,6 +719,7 @@ class ConsistencyRequest:
         width = (n + 7) // 8
         shared = bitmap_to_ids(r.take(width, "shared bitmap"), n)
         survivors = bitmap_to_ids(r.take(width, "survivor bitmap"), n)
+        recipients = bitmap_to_ids(r.take(width, "recipient bitmap"), n)
         r.finish()
         extra = sorted(set(survivors) - set(shared))
         if extra:
@@ -714,7 +727,21 @@ class ConsistencyRequest:
                 f"CONSISTENCY_REQUEST: client {extra[0]} is listed as a survivor but not as "
                 "having shared its keys (U3 must be a subset of U2)"
             )
-        return cls(header.round_id, header.receiver, n, shared, survivors)
+        others = tuple(w for w in survivors if w != header.receiver)
+        stray = sorted(set(recipients) - set(others))
+        if stray:
+            raise MessageError(
+                f"CONSISTENCY_REQUEST: vote recipient {stray[0]} is not another survivor "
+                "(recipients must be a subset of U3 without the receiver)"
+            )
+        return cls(
+            header.round_id,
+            header.receiver,
+            n,
+            shared,
+            survivors,
+            None if recipients == others else recipients,
+        )
 
 
 @dataclass(frozen=True)

@@ -25,20 +25,20 @@ checking the extra shares against the reconstruction, before unmasking anything.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
 from protocols.errors import InvalidParameterError, MessageError, ProtocolAbort
-from protocols.secagg.config import SecAggConfig, Stage
+from protocols.secagg.config import SecAggConfig, Stage, quorum_shortfall, voting_degree
 from protocols.secagg.crypto import (
     load_x25519,
     pairwise_mask_seed,
     x25519_exchange,
 )
-from protocols.secagg.graph import resolve_graph, split_reason
+from protocols.secagg.graph import resolve_graph, split_reason, voting_peers
 from protocols.secagg.messages import (
     MESSAGE_STAGE,
     ROUND_ID_BYTES,
@@ -193,6 +193,8 @@ class SecAggServer:
         self._u2: frozenset[int] = frozenset()
         self._u3: frozenset[int] = frozenset()
         self._signatures: dict[int, ConsistencyVote] = {}
+        # Consistency check: the survivors each survivor exchanges votes with.
+        self._vote_peers: dict[int, frozenset[int]] = {}
         self._result: AggregateResult | None = None
 
     def __repr__(self) -> str:
@@ -344,11 +346,11 @@ class SecAggServer:
         vote = ConsistencyVote.from_bytes(message)
         self._check_sender(vote.round_id, vote.sender, self._u3, self._signatures)
         receivers = [peer for peer, _ in vote.tags]
-        expected = sorted(self._u3 - {vote.sender})
+        expected = sorted(self._vote_peers[vote.sender])
         if receivers != expected:
             raise MessageError(
-                f"client {vote.sender}'s consistency vote must carry one tag for every other "
-                f"survivor ({len(expected)}); got {len(receivers)}"
+                f"client {vote.sender}'s consistency vote must carry one tag for each of its "
+                f"{len(expected)} voting peers; got {len(receivers)} tags"
             )
 
         def commit() -> int:
@@ -439,20 +441,26 @@ class SecAggServer:
                     self._stage = Stage.ABORTED
                     raise ProtocolAbort(
                         stage.value,
-                        f"only {len(self._u3)} clients sent masked inputs; the consistency check "
-                        f"needs a quorum of {self._config.quorum} votes",
+                        "the server aborts before the consistency check: "
+                        + self._shortfall(self._u3, "sent masked inputs"),
                     )
-                template = ConsistencyRequest(
-                    self._round_id,
-                    0,
-                    self._config.n_clients,
-                    tuple(sorted(self._u2)),
-                    tuple(sorted(self._u3)),
-                )
+                cfg = self._config
+                assert cfg.vote_slack is not None  # resolved by SecAggConfig
+                degree = voting_degree(len(self._u3), cfg.quorum, cfg.vote_slack)
+                vote_peers = voting_peers(self._u3, degree, self._graph.order)
+                shared, survivors = tuple(sorted(self._u2)), tuple(sorted(self._u3))
                 out = {
-                    u: dataclasses.replace(template, receiver=u).to_bytes()
-                    for u in sorted(self._u3)
+                    u: ConsistencyRequest(
+                        self._round_id,
+                        u,
+                        cfg.n_clients,
+                        shared,
+                        survivors,
+                        tuple(sorted(vote_peers[u])),
+                    ).to_bytes()
+                    for u in survivors
                 }
+                self._vote_peers = vote_peers
                 return self._send(Stage.CONSISTENCY_CHECK, out)
             out = {}
             for u in sorted(self._u3):
@@ -467,16 +475,17 @@ class SecAggServer:
                 self._stage = Stage.ABORTED
                 raise ProtocolAbort(
                     stage.value,
-                    f"only {len(signers)} clients voted for the survivor set; the quorum is "
-                    f"{quorum} (floor((n + t - 1) / 2) + 1 of the {self._config.n_clients} "
-                    "registered clients)",
+                    "the round cannot be unmasked: "
+                    + self._shortfall(signers, "voted for the survivor set"),
                 )
             tags = {v: dict(self._signatures[v].tags) for v in signers}
             out = {}
             for u in signers:
-                # Every other vote (cheap to check: an HMAC each), so that a few
-                # invalid votes from malicious clients cannot sink the quorum.
-                voters = [v for v in signers if v != u]
+                # Every vote addressed to u (its voting peers that voted: the slack
+                # absorbs dropouts and a few invalid votes from malicious clients).
+                voters = [v for v in signers if u in tags[v]]
+                if len(voters) + 1 < quorum:
+                    continue  # u cannot reach the quorum: it cannot unmask
                 self._requests[u] = self._request_for(u)
                 out[u] = ForwardedVotes(
                     self._round_id, u, tuple((v, tags[v][u]) for v in voters)
@@ -500,6 +509,10 @@ class SecAggServer:
         self._result = self._unmask(seed_shares, key_shares, dropped)
         self._stage = Stage.DONE
         return {}
+
+    def _shortfall(self, survivors: Collection[int], what: str) -> str:
+        cfg = self._config
+        return quorum_shortfall(cfg.n_clients, cfg.k, cfg.t, survivors, what)
 
     def _request_for(self, u: int) -> UnmaskRequest:
         owners = (self._graph[u] & self._u2) | {u}
@@ -599,6 +612,7 @@ class SecAggServer:
             tuple(sorted((k, v.to_bytes()) for k, v in self._shares.items())),
             tuple(sorted((k, v.to_bytes()) for k, v in self._masked.items())),
             tuple(sorted((k, v.to_bytes()) for k, v in self._signatures.items())),
+            tuple(sorted(self._vote_peers.items())),
             tuple(sorted((k, v.to_bytes()) for k, v in self._requests.items())),
             tuple(sorted((k, v.to_bytes()) for k, v in self._responses.items())),
             self._u1,

@@ -46,7 +46,8 @@ devices authenticate their key advertisements and sign the survivor set with
 long-term identity keys from a PKI (here a key directory made when a device first
 takes part; each device keeps its key, and the pairwise keys derived from it,
 across rounds), and a round aborts rather than reveal anything beyond the sum of
-all survivors (``docs/secagg.md``).
+all survivors (``docs/secagg.md``). ``[privacy] secagg_active_security = false``
+selects the honest-but-curious protocol instead (``PrivacyPlan.secure_settings``).
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ class SecureSumSettings:
     active_security:
         The malicious-server protocol (signed advertisements, the consistency
         check, the surviving-graph rule); ``False`` is the cheaper
-        honest-but-curious protocol, which also tolerates more dropouts.
+        honest-but-curious protocol, which also tolerates more dropouts
+        (``[privacy] secagg_active_security``).
     """
 
     bounds: Mapping[str, float] = field(default_factory=dict)

@@ -176,7 +176,8 @@ def test_attack1_at_n100_with_default_graph_passive(make_round: Callable[..., Ro
 
 
 @pytest.mark.parametrize(
-    ("n", "k", "forward"), [(40, 12, "matching"), (40, 12, "all"), (100, None, "matching")]
+    ("n", "k", "forward"),
+    [(40, 12, "matching"), (40, 12, "all"), (40, 12, "own group"), (100, None, "matching")],
 )
 def test_attack1_fails_against_the_consistency_check(
     make_round: Callable[..., Round], n: int, k: int | None, forward: str
@@ -189,23 +190,41 @@ def test_attack1_fails_against_the_consistency_check(
     victim = 3
     claims = _solve_inconsistent_requests(r.server.graph, victim, r.config.t)
     everyone = tuple(range(n))
+
+    def claims_dropped(h: int) -> set[int]:
+        return set((r.server.graph[h] | {h}) - claims[h])
+
     votes: dict[int, tuple[dict[int, bytes], frozenset[int]]] = {}
     for h, client in enumerate(r.clients):
-        dropped = (r.server.graph[h] | {h}) - claims[h]
-        survivors = tuple(sorted(set(everyone) - dropped))
-        request = ConsistencyRequest(r.round_id, h, n, everyone, survivors).to_bytes()
+        survivors = tuple(sorted(set(everyone) - claims_dropped(h)))
+        # "own group": the server also names the vote recipients (as the honest server
+        # names voting peers), asking each client to address tags only to the clients
+        # it showed the same set, to concentrate the votes of each set. Whom a tag is
+        # addressed to never changes which set it vouches for, so this gains nothing.
+        recipients = None
+        if forward == "own group":
+            recipients = tuple(
+                w
+                for w in survivors
+                if w != h and (set(everyone) - claims_dropped(w)) == set(survivors)
+            )
+        request = ConsistencyRequest(r.round_id, h, n, everyone, survivors, recipients).to_bytes()
         try:
             vote = ConsistencyVote.from_bytes(client.handle(request))
+            if recipients is not None:  # the client addressed exactly the named recipients
+                assert [w for w, _ in vote.tags] == list(recipients)
             votes[h] = (dict(vote.tags), frozenset(survivors))
         except ProtocolAbort as exc:  # e.g. the set the solver chose splits the graph
             assert exc.stage == "consistency_check"
     groups: dict[frozenset[int], list[int]] = {}
     for h, (_, s) in votes.items():
         groups.setdefault(s, []).append(h)
+    if forward == "own group":  # the server did split the clients into several sets
+        assert len(groups) > 1
     # No survivor set gathers the quorum: at most one ever can.
     assert max(len(g) for g in groups.values()) < r.config.quorum
     for h, (_, s) in votes.items():
-        pool = groups[s] if forward == "matching" else sorted(votes)
+        pool = sorted(votes) if forward == "all" else groups[s]
         tags = tuple((v, votes[v][0][h]) for v in sorted(pool) if v != h and h in votes[v][0])
         bundle = ForwardedVotes(r.round_id, h, tags)
         with pytest.raises(ProtocolAbort) as info:
@@ -593,7 +612,7 @@ def test_forged_or_misaddressed_votes_are_rejected_or_do_not_count(
         ConsistencyVote(r.round_id, 2, genuine.tags[1:]),
         ConsistencyVote(r.round_id, 2, (*genuine.tags[1:], (9, bytes(32)))),
     ):
-        with pytest.raises(MessageError, match="one tag for every other survivor"):
+        with pytest.raises(MessageError, match="one tag for each of its"):
             r.server.receive(bad.to_bytes())
         assert r.server._state() == before
     # ...but cannot check the tags (they are keyed for the receivers): a forged
