@@ -1,47 +1,73 @@
-"""``secrelay audit RUN_DIR``: the privacy budget report of a run.
+"""``secrelay audit RUN_DIR``: the privacy report of a run, checked against the run.
 
-Reads ``RUN_DIR/privacy_ledger.jsonl`` (every DP release of the run) and
-``RUN_DIR/config.json``, composes the records with the run's accountant (PRV by
-default; RDP is shown for comparison) and writes
+The audit believes the run's files, not its config. It
 
-* ``RUN_DIR/audit.json`` — machine-readable: δ, the accountants, the global
-  user-level ε, the example-level ε per device (min / median / max, and every
-  device's value), each mechanism's records and stand-alone ε, and ε over rounds;
+1. **checks the ledger** (:mod:`secrelay.auditing.evidence`): ``privacy_ledger.jsonl``
+   against ``metrics.jsonl``, the checkpoint and the releases the run's privacy plan
+   makes per completed round; a missing, truncated or corrupt ledger fails with
+   :class:`~secrelay.auditing.AuditError` (exit code 3) naming every problem;
+2. **composes** the records with the run's accountant (PRV by default; RDP is shown
+   for comparison) per unit: the device users' ε (*user*: a device's whole
+   contribution; global), *example* (one training example; per device) and
+   *pool_user* (a user of the cloud's pool whose samples CoDA released; per pool
+   user, never summed across pool users) — each figure against its budget, and
+   flagged where an accountant's ε exceeds it;
+3. lists **every flow** the run had with the protection its transcript and ledger
+   show (:mod:`secrelay.auditing.flows`; where no transcript was saved, it says which
+   evidence it used);
+4. shows the attack grid's **empirical lower bounds** from ``attack_audit.json`` next
+   to the accountant's upper bounds, or "not audited".
+
+It returns an :class:`~secrelay.auditing.AuditReport` and writes
+
+* ``RUN_DIR/audit.json`` — :meth:`AuditReport.to_dict`;
 * ``RUN_DIR/audit.md`` — the same as a short report;
 * ``RUN_DIR/audit_epsilon.png`` — ε over rounds (matplotlib, Agg backend).
 
-ε's are upper bounds at the stated δ, per privacy unit (``docs/privacy.md``):
-*example* (one training example of one device; per device) and *user* (a device's
-whole contribution; global, i.e. for a user taking part in every round it could).
-Every ε is stated with its neighbouring relation (*adjacency*: add/remove,
-replace-one or zero-out, taken from the ledger records) and the run's randomness
-mode; a run with ``privacy.randomness = "reproducible"`` is marked with the warning
-that its guarantee holds only against parties who do not know ``run.seed``. A run
-without a ledger made no DP release: its ε is reported as infinite.
+Every ε is an upper bound at the stated δ and names its *adjacency* (add/remove,
+replace-one or zero-out, from the ledger records) and the run's randomness mode; a
+run with ``privacy.randomness = "reproducible"`` carries the warning that its
+guarantee holds only against parties who do not know ``run.seed``.
+
+``secrelay.audit(run_dir)`` is the same function (this module is callable).
 
 Examples
 --------
 >>> from secrelay.audit import audit          # doctest: +SKIP
 >>> report = audit("runs/dp-fedavg")          # doctest: +SKIP
->>> report["user_level"]["epsilon"]["prv"]    # doctest: +SKIP
-3.98...
+>>> report.user.epsilon("prv"), report.over_budget    # doctest: +SKIP
+(3.98..., ())
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import statistics
+import sys
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from protocols.dp import LedgerRecord, PrivacyLedger
+from secrelay.auditing.empirical import EmpiricalBound, read_empirical
+from secrelay.auditing.evidence import (
+    POOL_SIDE_FILE,
+    AuditError,
+    LedgerCheck,
+    RunEvidence,
+    check_ledger,
+    load_evidence,
+)
+from secrelay.auditing.figures import compose_figures
+from secrelay.auditing.flows import flows_from_evidence
+from secrelay.auditing.markdown import render_markdown
+from secrelay.auditing.report import AuditReport, UnitEpsilon
 from secrelay.checkpoint import atomic_write_text
 from secrelay.config import RunConfig, load_run_config
-from secrelay.privacy.session import LEDGER_FILE, EpsilonCache
+from secrelay.privacy.session import EpsilonCache
 
-__all__ = ["REPRODUCIBLE_WARNING", "audit", "render_markdown"]
+__all__ = ["REPRODUCIBLE_WARNING", "AuditError", "AuditReport", "audit", "render_markdown"]
 
 REPRODUCIBLE_WARNING = (
     "privacy.randomness = 'reproducible': the guarantee holds only against parties who "
@@ -50,20 +76,17 @@ REPRODUCIBLE_WARNING = (
 )
 """The warning every report of a reproducible run carries."""
 
-_ADJACENCY_TEXT = {
-    "add_remove": "add/remove one",
-    "replace_one": "replace-one",
-    "zero_out": "zero-out (participation public)",
-}
-
-
-def _adjacency(records: Sequence[LedgerRecord]) -> str | None:
-    """The adjacency of ``records``: the one they share, ``"mixed: a, b"``, or
-    ``"unstated"`` for records of a format-1 ledger; ``None`` without records."""
-    if not records:
-        return None
-    kinds = sorted({r.adjacency or "unstated" for r in records})
-    return kinds[0] if len(kinds) == 1 else "mixed: " + ", ".join(kinds)
+SECAGG_MALICIOUS_NOTE = (
+    "secure aggregation threat model: malicious server (privacy.secagg_active_security = "
+    "true): authenticated keys, the consistency check and the surviving-graph rule; "
+    "the server learns only the sum of all survivors even if it deviates from the "
+    "protocol and colludes with up to t - 1 devices (docs/secagg.md)"
+)
+SECAGG_PASSIVE_NOTE = (
+    "secure aggregation threat model: honest-but-curious server "
+    "(privacy.secagg_active_security = false): the guarantee holds only if the server "
+    "follows the protocol; a deviating server can learn individual updates (docs/secagg.md)"
+)
 
 
 def _randomness_warnings(config: RunConfig) -> list[str]:
@@ -73,19 +96,10 @@ def _randomness_warnings(config: RunConfig) -> list[str]:
 AUDIT_JSON = "audit.json"
 AUDIT_MD = "audit.md"
 AUDIT_PLOT = "audit_epsilon.png"
-_MAX_SERIES_POINTS = 25
 
 
 def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
-
-
-def _series_rounds(rounds: Sequence[int]) -> list[int]:
-    rs = sorted(set(rounds))
-    if len(rs) <= _MAX_SERIES_POINTS:
-        return rs
-    step = (len(rs) - 1) / (_MAX_SERIES_POINTS - 1)
-    return sorted({rs[round(i * step)] for i in range(_MAX_SERIES_POINTS)})
 
 
 def audit(
@@ -95,8 +109,8 @@ def audit(
     comparison: str | None = "rdp",
     write: bool = True,
     log: Callable[[str], None] = lambda _: None,
-) -> dict[str, Any]:
-    """Audit the privacy ledger of ``run_dir``; returns the report (also written).
+) -> AuditReport:
+    """Audit ``run_dir``: check its ledger against the run, compose it, list its flows.
 
     Parameters
     ----------
@@ -113,8 +127,9 @@ def audit(
     ------
     ConfigError
         If ``run_dir`` is not a run directory.
-    DataFormatError
-        If the ledger is corrupt (naming the file and line).
+    AuditError
+        If the ledger is missing, truncated or corrupt against the run's metrics,
+        checkpoint and config (every problem named; exit code 3 on the CLI).
     """
     rd = Path(run_dir)
     config = load_run_config(rd)
@@ -122,177 +137,121 @@ def audit(
     delta = float(p.delta)
     main = accountant or p.accountant
     accountants = [main] + ([comparison] if comparison and comparison != main else [])
-    ledger_path = rd / LEDGER_FILE
-    report: dict[str, Any] = {
-        "run_dir": str(rd),
-        "run": config.run.name,
-        "delta": delta,
-        "accountant": main,
-        "accountants": accountants,
-        "secure_aggregation": p.secure_aggregation,
-        "randomness": p.randomness,
-        "warnings": _randomness_warnings(config),
-        "adjacency": {"user": None, "example": None},
-        "notes": [],
-    }
-    if not ledger_path.exists():
-        report.update(
-            ledger={"path": str(ledger_path), "records": 0},
-            user_level={"epsilon": dict.fromkeys(accountants)},
-            example_level={"devices": 0, "epsilon": {}},
-            mechanisms=[],
-            series={},
-        )
-        report["notes"].append(
+    ev = load_evidence(rd, config)
+    check = check_ledger(ev)
+    log(f"ledger checked against {', '.join(check.sources)}: {len(check.rounds)} rounds")
+    caches = {a: EpsilonCache(delta=delta, accountant=a) for a in accountants}
+    details, units = compose_figures(ev, accountants, caches, log)
+    pool = units[2]
+    pool_eps = pool.epsilon(main)
+    flows, evidence, source = flows_from_evidence(
+        rd,
+        method=config.method.name,
+        metrics=ev.metrics,
+        records=ev.records,
+        pool=(pool_eps, pool.subjects) if pool_eps is not None else None,
+        checkpoint=ev.checkpoint,
+    )
+    secure = any("secure aggregation" in f.protection for f in flows)
+    warnings = _randomness_warnings(config)
+    bounds, emp_warnings = read_empirical(rd)
+    bounds = _with_run_epsilon(bounds, units, main, warnings)
+    warnings += emp_warnings
+    notes = _notes(ev, check, details, secure)
+    if secure:
+        active = p.secagg_active_security
+        notes.append(SECAGG_MALICIOUS_NOTE if active else SECAGG_PASSIVE_NOTE)
+        warnings += [] if active else [SECAGG_PASSIVE_NOTE]
+    report = AuditReport(
+        run_dir=rd,
+        run=config.run.name,
+        delta=delta,
+        accountant=main,
+        accountants=tuple(accountants),
+        randomness=p.randomness,
+        user=units[0],
+        example=units[1],
+        pool_user=pool,
+        flows=tuple(flows),
+        flow_evidence=evidence,
+        flow_source=source,
+        secure_aggregation=secure,
+        empirical=tuple(bounds),
+        check=check,
+        warnings=tuple(warnings),
+        notes=tuple(notes),
+        _details=details,
+    )
+    if write:
+        plot = _plot(rd, report.to_dict())
+        report = dataclasses.replace(report, plot=plot)
+        _write(rd, report.to_dict(), plot)
+    return report
+
+
+def _with_run_epsilon(
+    bounds: list[EmpiricalBound], units: Sequence[UnitEpsilon], main: str, warnings: list[str]
+) -> list[EmpiricalBound]:
+    """Each bound with the ledger's ε of its unit; warn when a user-level audit was made
+    for another run's ε (a file left by an earlier run in the directory)."""
+    by_unit: dict[str, float | None] = {u.unit: u.epsilon(main) for u in units}
+    out = []
+    for b in bounds:
+        run_eps = by_unit.get(b.unit)
+        if (
+            b.audited_run_epsilon is not None
+            and run_eps is not None
+            and not math.isclose(b.audited_run_epsilon, run_eps, rel_tol=1e-3)
+        ):
+            warnings.append(
+                f"empirical audit {b.attack} was made for a run with user-level ε = "
+                f"{b.audited_run_epsilon:.4g}, but this run's ledger gives {run_eps:.4g}: "
+                "attack_audit.json may be left from an earlier run in this directory"
+            )
+        out.append(dataclasses.replace(b, run_epsilon=run_eps))
+    return out
+
+
+def _notes(ev: RunEvidence, check: LedgerCheck, details: dict[str, Any], secure: bool) -> list[str]:
+    """The accounting assumptions and what the ledger check found."""
+    p = ev.config.privacy
+    records = list(ev.records)
+    user = [r for r in records if r.unit == "user"]
+    example = [r for r in records if r.unit == "example"]
+    notes: list[str] = []
+    if not records:
+        notes.append(
             "no privacy ledger: this run made no differentially private release, so no finite "
             "ε holds (ε = ∞)"
+            + ("; its updates were protected by secure aggregation only" if secure else "")
+        )
+    if not {"metrics.jsonl", "checkpoint.pt"} & set(check.sources):
+        notes.append(
+            "the ledger could not be cross-checked: the run directory has no metrics.jsonl "
+            "or checkpoint.pt"
+        )
+    elif check.expected:
+        notes.append(
+            f"ledger checked against {', '.join(check.sources)}: every one of the "
+            f"{len(check.rounds)} completed round(s) has the releases its privacy plan makes"
             + (
-                "; its updates were protected by secure aggregation only"
-                if p.secure_aggregation
+                f"; the checkpoint's {check.checkpoint_records} records match the ledger"
+                if check.checkpoint_records
                 else ""
             )
         )
-        if write:
-            _write(rd, report, None)
-        return report
-
-    ledger = PrivacyLedger.load(ledger_path)
-    records = ledger.records
-    caches = {a: EpsilonCache(delta=delta, accountant=a) for a in accountants}
-    user = [r for r in records if r.unit == "user"]
-    example = [r for r in records if r.unit == "example"]
-    report["ledger"] = {
-        "path": str(ledger_path),
-        "records": len(records),
-        "rounds": sorted({r.round for r in records}),
-    }
-    report["adjacency"] = {"user": _adjacency(user), "example": _adjacency(example)}
-
-    # --- user level (global) ---------------------------------------------------
-    log(f"user level: {len(user)} records")
-    user_eps = {
-        a: (caches[a].epsilon([r.event for r in user]) if user else 0.0) for a in accountants
-    }
-    report["user_level"] = {
-        "records": len(user),
-        "epsilon": user_eps,
-        "adjacency": report["adjacency"]["user"],
-        "budget": p.user_epsilon,
-        "noise_multiplier": sorted({r.noise_multiplier for r in user if r.noise_multiplier}),
-        "clipping_norm": p.clipping_norm,
-        "sensitivity": sorted({r.sensitivity for r in user if r.sensitivity}),
-        "sample_rate": sorted({r.sample_rate for r in user if r.sample_rate}),
-        "participants_per_round": (
-            statistics.mean(len(r.devices) for r in user if r.sample_rate is None)
-            if any(r.sample_rate is None for r in user)
-            else None
-        ),
-    }
-
-    # Without amplification (fixed-size sampling, secure aggregation) a device's
-    # user-level ε composes only the rounds whose sum it was in: report it per device
-    # too (with amplification the global ε already holds for every device).
-    if user and all(r.sample_rate is None for r in user):
-        by_user: dict[str, list[Any]] = {}
-        for r in user:
-            for d in r.devices:
-                by_user.setdefault(d, []).append(r.event)
-        per_user = {d: caches[main].epsilon(evs) for d, evs in sorted(by_user.items())}
-        report["user_level"]["per_device"] = {
-            "devices": len(per_user),
-            "min": min(per_user.values()),
-            "median": statistics.median(per_user.values()),
-            "max": max(per_user.values()),
-            "max_device": max(per_user, key=lambda d: per_user[d]),
-            "rounds_max": max(len(v) for v in by_user.values()),
-        }
-
-    # --- example level (per device) ----------------------------------------------
-    by_device: dict[str, list[Any]] = {}
-    for r in example:
-        for d in r.devices:
-            by_device.setdefault(d, []).append(r.event)
-    log(f"example level: {len(by_device)} devices")
-    per_device = {
-        a: {d: caches[a].epsilon(evs) for d, evs in sorted(by_device.items())} for a in accountants
-    }
-    ex: dict[str, Any] = {
-        "devices": len(by_device),
-        "adjacency": report["adjacency"]["example"],
-        "budget": p.example_epsilon,
-        "epsilon": {},
-        "per_device": per_device[main],
-    }
-    for a in accountants:
-        vals = list(per_device[a].values())
-        if vals:
-            worst = max(per_device[a], key=lambda d: per_device[a][d])
-            ex["epsilon"][a] = {
-                "min": min(vals),
-                "median": statistics.median(vals),
-                "max": max(vals),
-                "max_device": worst,
-            }
-    if by_device:
-        participations = [len({r.round for r in example if r.covers(d)}) for d in by_device]
-        ex["rounds_per_device"] = {
-            "min": min(participations),
-            "median": statistics.median(participations),
-            "max": max(participations),
-        }
-    report["example_level"] = ex
-
-    # --- mechanisms ------------------------------------------------------------------
-    mechs = []
-    for unit, recs in (("user", user), ("example", example)):
-        names = sorted({r.mechanism for r in recs})
-        alone: dict[str, dict[str, float]] = {}
-        for name in names:
-            mine = [r for r in recs if r.mechanism == name]
-            if unit == "user":
-                alone[name] = {a: caches[a].epsilon([r.event for r in mine]) for a in accountants}
-            else:  # the worst device's ε from this mechanism alone
-                devs: dict[str, list[Any]] = {}
-                for r in mine:
-                    for d in r.devices:
-                        devs.setdefault(d, []).append(r.event)
-                alone[name] = {
-                    a: max(caches[a].epsilon(evs) for evs in devs.values()) for a in accountants
-                }
-        total = sum(v[main] for v in alone.values())
-        for name in names:
-            mine = [r for r in recs if r.mechanism == name]
-            mechs.append(
-                {
-                    "unit": unit,
-                    "mechanism": name,
-                    "adjacency": _adjacency(mine),
-                    "records": len(mine),
-                    "epsilon_alone": alone[name],
-                    "share": (alone[name][main] / total) if total > 0 else None,
-                }
-            )
-    report["mechanisms"] = mechs
-
-    # --- ε over rounds --------------------------------------------------------------------
-    series: dict[str, list[list[float]]] = {"user": [], "example_max": [], "example_median": []}
-    for t in _series_rounds([r.round for r in records]):
-        upto = [r for r in user if r.round <= t]
-        if upto:
-            series["user"].append([t, caches[main].epsilon([r.event for r in upto])])
-        devs_t: dict[str, list[Any]] = {}
-        for r in example:
-            if r.round <= t:
-                for d in r.devices:
-                    devs_t.setdefault(d, []).append(r.event)
-        if devs_t:
-            vals = [caches[main].epsilon(evs) for evs in devs_t.values()]
-            series["example_max"].append([t, max(vals)])
-            series["example_median"].append([t, statistics.median(vals)])
-    report["series"] = series
-
-    notes = report["notes"]
-    secure = p.randomness == "secure"
+    if check.after_checkpoint:
+        notes.append(
+            f"{check.after_checkpoint} ledger record(s) were written after the last "
+            "checkpoint (a round interrupted before its checkpoint): its release happened "
+            "and is counted"
+        )
+    if ev.side_records:
+        notes.append(
+            f"pool-user records read from {POOL_SIDE_FILE} (a CoDA run directory written "
+            "before they moved into the privacy ledger)"
+        )
+    rand_secure = p.randomness == "secure"
     if any(r.mechanism.endswith("[central_gaussian]") and r.sample_rate for r in user):
         notes.append(
             "user level: central Gaussian noise with Poisson sampling is accounted with "
@@ -301,7 +260,7 @@ def audit(
             "every round releases (noise alone when nobody was sampled)"
             + (
                 ", and the samples were drawn from OS entropy"
-                if secure
+                if rand_secure
                 else "; the samples derive from run.seed (see the warning)"
             )
         )
@@ -326,7 +285,7 @@ def audit(
             "trained in (devices never sampled spent nothing), under add/remove adjacency "
             "of one example"
         )
-        if secure:
+        if rand_secure:
             notes.append(
                 "example level: DP-SGD's batch sampling and noise came from a torch "
                 "generator seeded with 63 bits of OS entropy per training (unknown to "
@@ -334,16 +293,18 @@ def audit(
                 "hardened against floating-point attacks (Opacus' secure_mode needs "
                 "torchcsprng)"
             )
+    if details["pool_user_level"]["records"]:
+        notes.append(
+            "pool users: each pool user's ε composes only the records of their own released "
+            "samples (replace-one of their user-field values), never another pool user's "
+            "and never the device users'; the figure is the largest pool user's"
+        )
     if any(r.adjacency is None for r in records):
         notes.append(
             "some records come from a format-1 ledger, which did not record their "
             "adjacency ('unstated')"
         )
-    plot = _plot(rd, report) if write else None
-    report["plot"] = plot
-    if write:
-        _write(rd, report, plot)
-    return report
+    return notes
 
 
 def _plot(rd: Path, report: dict[str, Any]) -> str | None:
@@ -360,8 +321,9 @@ def _plot(rd: Path, report: dict[str, Any]) -> str | None:
         "user": "user level (global)",
         "example_max": "example level, max over devices",
         "example_median": "example level, median device",
+        "pool_user_max": "pool users, max over pool users",
     }
-    styles = {"user": "-o", "example_max": "-s", "example_median": "--"}
+    styles = {"user": "-o", "example_max": "-s", "example_median": "--", "pool_user_max": "-^"}
     for key, pts in series.items():
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], styles[key], label=labels[key], ms=3)
@@ -377,108 +339,6 @@ def _plot(rd: Path, report: dict[str, Any]) -> str | None:
     return path.name
 
 
-def _fmt(x: Any) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, float):
-        return "∞" if math.isinf(x) else f"{x:.3f}"
-    return str(x)
-
-
-def _adjacency_label(adjacency: str | None) -> str:
-    if adjacency is None:
-        return "—"
-    return _ADJACENCY_TEXT.get(adjacency, adjacency)
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """The report as Markdown (what ``audit.md`` holds)."""
-    accs = report["accountants"]
-    lines = [
-        f"# Privacy audit: {report['run']}",
-        "",
-        f"- run directory: `{report['run_dir']}`",
-        f"- δ = {report['delta']:g}; accountant: **{report['accountant']}**"
-        + (f" (compared with {', '.join(accs[1:])})" if len(accs) > 1 else ""),
-        f"- ledger: {report['ledger']['records']} records",
-        f"- secure aggregation: {report['secure_aggregation']}",
-        f"- randomness: **{report.get('randomness', '—')}**",
-    ]
-    for w in report.get("warnings", []):
-        lines += ["", f"> **Warning:** {w}"]
-    ul = report["user_level"]
-    adj = _adjacency_label(ul.get("adjacency"))
-    lines += [
-        "",
-        "## User level (a device's whole contribution; global)",
-        "",
-        "| accountant | ε | adjacency | budget |",
-        "|---|---|---|---|",
-    ]
-    for a in accs:
-        eps = _fmt(ul["epsilon"].get(a)) if ul.get("records") else "∞ (no DP release)"
-        lines.append(f"| {a} | {eps} | {adj} | {_fmt(ul.get('budget'))} |")
-    pd = ul.get("per_device")
-    if pd:
-        lines += [
-            "",
-            f"Per device ({pd['devices']} devices whose updates entered a sum; no amplification, "
-            f"so a device's ε composes only its own rounds, at most {pd['rounds_max']}): "
-            f"min {_fmt(pd['min'])}, median {_fmt(pd['median'])}, max {_fmt(pd['max'])} "
-            f"(`{pd['max_device']}`), {report['accountant']}.",
-        ]
-    ex = report["example_level"]
-    lines += [
-        "",
-        f"## Example level (one training example; per device, {ex['devices']} devices)",
-        "",
-        f"Adjacency: {_adjacency_label(ex.get('adjacency'))}.",
-        "",
-        "| accountant | min | median | max (device) | budget |",
-        "|---|---|---|---|---|",
-    ]
-    if not ex["devices"]:
-        lines.append("| — | no example-level DP release | | | |")
-    for a in accs:
-        e = ex["epsilon"].get(a)
-        if e:
-            lines.append(
-                f"| {a} | {_fmt(e['min'])} | {_fmt(e['median'])} | {_fmt(e['max'])} "
-                f"(`{e['max_device']}`) | {_fmt(ex.get('budget'))} |"
-            )
-    if "rounds_per_device" in ex:
-        r = ex["rounds_per_device"]
-        lines.append("")
-        lines.append(
-            f"Rounds trained per device: min {r['min']}, median {r['median']}, max {r['max']}."
-        )
-    lines += [
-        "",
-        "## Mechanisms",
-        "",
-        "| unit | mechanism | adjacency | records | ε alone | share |",
-        "|---|---|---|---|---|---|",
-    ]
-    for m in report["mechanisms"]:
-        alone = ", ".join(f"{a} {_fmt(v)}" for a, v in m["epsilon_alone"].items())
-        share = "—" if m["share"] is None else f"{100 * m['share']:.0f} %"
-        lines.append(
-            f"| {m['unit']} | `{m['mechanism']}` | {_adjacency_label(m.get('adjacency'))} "
-            f"| {m['records']} | {alone} | {share} |"
-        )
-    lines += [
-        "",
-        "ε alone: the mechanism's records composed by themselves (example level: the worst "
-        "device). Share: its stand-alone ε over the sum of the unit's stand-alone ε's — "
-        "indicative only, since ε's do not add.",
-    ]
-    if report.get("plot"):
-        lines += ["", f"![ε over rounds]({report['plot']})"]
-    if report["notes"]:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
-    return "\n".join(lines) + "\n"
-
-
 def _write(rd: Path, report: dict[str, Any], plot: str | None) -> None:
     def clean(x: Any) -> Any:
         if isinstance(x, float):
@@ -491,3 +351,14 @@ def _write(rd: Path, report: dict[str, Any], plot: str | None) -> None:
 
     atomic_write_text(rd / AUDIT_JSON, json.dumps(clean(report), indent=2, sort_keys=True))
     atomic_write_text(rd / AUDIT_MD, render_markdown(report))
+
+
+class _CallableModule(types.ModuleType):
+    """``secrelay.audit`` is this module; calling it runs :func:`audit`, so that
+    ``secrelay.audit(run_dir)`` works however the module was imported."""
+
+    def __call__(self, run_dir: str | Path, **kwargs: Any) -> AuditReport:
+        return audit(run_dir, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

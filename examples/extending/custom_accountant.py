@@ -46,7 +46,7 @@ def main() -> dict[str, float]:
         **TINY,
     )
     report = audit(result.run_dir, accountant="rdp_int", comparison="rdp", write=False)
-    eps = report["user_level"]["epsilon"]
+    eps = {f.accountant: f.epsilon for f in report.user.figures}
     print(f"user-level ε: {eps['rdp_int']:.3f} (integer orders) vs {eps['rdp']:.3f} (RDP)")
     return eps
 

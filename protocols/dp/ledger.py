@@ -12,8 +12,17 @@ Privacy units
     a device's example-level ε composes only the records that list it.
 ``"user"``
     A device's whole contribution (clipped update + aggregation noise, LDP
-    reports, released samples). The *global* user-level ε composes every
-    user-level record — the guarantee for a user who took part in every round.
+    reports). The *global* user-level ε composes every user-level record — the
+    guarantee for a user who took part in every round.
+``"pool_user"``
+    A user of the cloud's pre-regulation pool (not a device) whose samples the
+    cloud released — CoDA's privatized samples. The records name the pool user as
+    their subject (``devices = ("pool/<id>",)``); ε composes **per pool user** only
+    (:meth:`PrivacyLedger.epsilon_by_subject`; the reported figure is the largest),
+    never across pool users, and never into the device users' ε.
+
+Per-subject units (:data:`PER_SUBJECT_UNITS`: ``"example"``, ``"pool_user"``) are
+accounted per id in :attr:`LedgerRecord.devices`; ``"user"`` is accounted globally.
 
 File format
 -----------
@@ -27,6 +36,12 @@ JSON lines, UTF-8, one record per line, keys sorted::
 ``seq`` is the 0-based line number; ``adjacency`` is the neighbouring relation the
 record's event is accounted under (:data:`Adjacency`; format 1 ledgers, written before
 it was recorded, load with ``adjacency = None``).
+
+Versions. ``v`` is per line: the oldest format that can express the record. Format 2
+added ``adjacency``; format 3 added the unit ``"pool_user"``. A ledger without
+pool-user records is therefore written exactly as before (``"v": 2``) and stays
+readable by older versions of the library; every version 1–3 loads here, and a
+format-1 or -2 line naming a unit its format did not have is refused.
 
 Writers. Every write rewrites the whole file to a temporary file in the same
 directory, fsyncs it and renames it over the ledger (:func:`os.replace`, then fsyncs
@@ -70,6 +85,7 @@ from protocols.errors import (
 __all__ = [
     "ADJACENCIES",
     "LEDGER_FORMAT_VERSION",
+    "PER_SUBJECT_UNITS",
     "Adjacency",
     "BudgetReport",
     "EpsilonPoint",
@@ -80,10 +96,15 @@ __all__ = [
     "PrivacyUnit",
 ]
 
-LEDGER_FORMAT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
-PrivacyUnit = Literal["example", "user"]
-_UNITS: tuple[str, ...] = ("example", "user")
+LEDGER_FORMAT_VERSION = 3
+"""The newest ledger format (the ``v`` of a line holding a ``"pool_user"`` record)."""
+_READABLE_VERSIONS = (1, 2, 3)
+PrivacyUnit = Literal["example", "user", "pool_user"]
+_UNITS: tuple[str, ...] = ("example", "user", "pool_user")
+_UNITS_SINCE: dict[str, int] = {"example": 1, "user": 1, "pool_user": 3}
+PER_SUBJECT_UNITS: tuple[str, ...] = ("example", "pool_user")
+"""Units whose ε is accounted per subject (device / pool user), never summed across
+subjects; ``"user"`` is accounted globally."""
 
 Adjacency = Literal["add_remove", "replace_one", "zero_out"]
 """The neighbouring relation a record's ε is stated under, for its unit:
@@ -141,9 +162,10 @@ class LedgerRecord:
     event:
         The exact privacy event spent; the only field the accountants read.
     unit:
-        ``"example"`` or ``"user"`` (see module doc).
+        ``"example"``, ``"user"`` or ``"pool_user"`` (see module doc).
     devices:
-        Ids of the devices whose data the release covers (non-empty, unique).
+        Ids of the subjects whose data the release covers (non-empty, unique):
+        devices, or pool users (``"pool/<id>"``) for ``unit = "pool_user"``.
     delta:
         The δ the mechanism was configured for, in [0, 1) (0 for pure-ε).
     adjacency:
@@ -229,7 +251,8 @@ class LedgerRecord:
         """Rebuild and validate a record; unknown or missing keys are errors.
 
         ``version`` is the ledger format the record was written in: a format-1
-        record has no ``adjacency`` key and gets ``adjacency = None``.
+        record has no ``adjacency`` key and gets ``adjacency = None``; a unit newer
+        than ``version`` (``"pool_user"`` before format 3) is refused.
         """
         if not isinstance(data, Mapping):
             raise InvalidParameterError(
@@ -247,6 +270,11 @@ class LedgerRecord:
             raise InvalidParameterError(
                 f"record has missing keys {sorted(expected - keys)} / "
                 f"unexpected keys {sorted(keys - expected)}"
+            )
+        since = _UNITS_SINCE.get(str(data["unit"]))
+        if since is not None and since > version:
+            raise InvalidParameterError(
+                f"unit {data['unit']!r} needs ledger format {since}; the line says {version}"
             )
         devices = data["devices"]
         if not isinstance(devices, list):
@@ -396,8 +424,13 @@ def _epsilon_of(events: Sequence[DpEvent], delta: float, accountant: str) -> flo
     return acc.get_epsilon(delta=delta)
 
 
+def _line_version(record: LedgerRecord) -> int:
+    """The format a record is written in: the oldest that can express it (module doc)."""
+    return max(2, _UNITS_SINCE[record.unit])
+
+
 def _encode_line(seq: int, record: LedgerRecord) -> bytes:
-    obj = {"v": LEDGER_FORMAT_VERSION, "seq": seq, **record.to_dict()}
+    obj = {"v": _line_version(record), "seq": seq, **record.to_dict()}
     return (
         json.dumps(obj, sort_keys=True, separators=(", ", ": "), allow_nan=False) + "\n"
     ).encode()
@@ -606,8 +639,25 @@ class PrivacyLedger:
         unit: PrivacyUnit = "example",
         accountant: str = "prv",
     ) -> float:
-        """ε spent at ``delta``: by ``device`` (records covering it) or globally (``None``)."""
+        """ε spent at ``delta``: by ``device`` (records covering it) or, with ``None``,
+        globally — except for ``unit = "pool_user"``, whose records are never composed
+        across pool users: there ``None`` gives the largest pool user's ε (0 without
+        records)."""
+        if device is None and unit == "pool_user":
+            by = self.epsilon_by_subject(delta=delta, unit=unit, accountant=accountant)
+            return max(by.values(), default=0.0)
         return _epsilon_of([r.event for r in self._select(device, unit)], delta, accountant)
+
+    def epsilon_by_subject(
+        self, *, delta: float, unit: PrivacyUnit, accountant: str = "prv"
+    ) -> dict[str, float]:
+        """ε at ``delta`` of every subject (device or pool user) covered by a record of
+        ``unit``, each composing only the records that cover it."""
+        events: dict[str, list[DpEvent]] = {}
+        for r in self._select(None, unit):
+            for d in r.devices:
+                events.setdefault(d, []).append(r.event)
+        return {d: _epsilon_of(evs, delta, accountant) for d, evs in sorted(events.items())}
 
     def epsilon_series(
         self,
@@ -617,7 +667,15 @@ class PrivacyLedger:
         unit: PrivacyUnit = "example",
         accountant: str = "prv",
     ) -> list[EpsilonPoint]:
-        """Cumulative ε after each ``(run_id, round)`` with a matching record, in ledger order."""
+        """Cumulative ε after each ``(run_id, round)`` with a matching record, in ledger order.
+
+        ``unit = "pool_user"`` needs a ``device`` (a pool user): its records are never
+        composed across pool users."""
+        if device is None and unit == "pool_user":
+            raise InvalidParameterError(
+                "`device` must name a pool user for unit 'pool_user': pool users' records "
+                "are never composed across pool users"
+            )
         selected = self._select(device, unit)
         acc = make_accountant(accountant)
         points: list[EpsilonPoint] = []

@@ -23,6 +23,12 @@ counted, and nothing new was revealed. Under ``"secure"`` (the default) the repl
 draws a fresh sample and fresh noise, so the interrupted round's release is a second,
 independent release: its records are kept and the replay is counted again
 (conservative and correct).
+
+Units. The device users' ε (``unit = "user"``) composes every user-level record into
+one global figure; example-level ε is per device; the ε of the cloud's pool users
+(``unit = "pool_user"``, CoDA's privatized samples) is per pool user — never summed
+across pool users and never into the device users' ε — and reported as the largest
+(:meth:`PrivacySession.pool_user_epsilon`). Budgets apply to the device units only.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from protocols.dp import (
 from protocols.errors import BudgetExceededError, DataFormatError
 from secrelay.config import PrivacyConfig
 
-__all__ = ["LEDGER_FILE", "PrivacySession"]
+__all__ = ["LEDGER_FILE", "EpsilonCache", "PrivacySession", "ledger_state"]
 
 LEDGER_FILE = "privacy_ledger.jsonl"
 
@@ -58,6 +64,14 @@ def _lines(path: Path) -> list[bytes]:
 
 def _digest(lines: Sequence[bytes]) -> str:
     return hashlib.sha256(b"".join(lines)).hexdigest()
+
+
+def ledger_state(path: str | os.PathLike[str], count: int | None = None) -> dict[str, Any]:
+    """The number of lines of the ledger file at ``path`` and the digest of its first
+    ``count`` lines (default all) — what a checkpoint stores
+    (:meth:`PrivacySession.state`) and what ``secrelay audit`` compares with it."""
+    lines = _lines(Path(path))
+    return {"records": len(lines), "digest": _digest(lines if count is None else lines[:count])}
 
 
 def _key(events: Sequence[DpEvent]) -> tuple[tuple[DpEvent, int], ...]:
@@ -88,6 +102,15 @@ class EpsilonCache:
                 acc.compose(event, count=count)
             self._cache[key] = acc.get_epsilon(delta=self.delta)
         return self._cache[key]
+
+    def by_subject(self, records: Sequence[LedgerRecord]) -> dict[str, float]:
+        """ε of every subject (device or pool user) covered by ``records``, each
+        composing only the records that cover it — never summed across subjects."""
+        events: dict[str, list[DpEvent]] = {}
+        for r in records:
+            for d in r.devices:
+                events.setdefault(d, []).append(r.event)
+        return {d: self.epsilon(evs) for d, evs in sorted(events.items())}
 
 
 class PrivacySession:
@@ -184,30 +207,34 @@ class PrivacySession:
         events = [r.event for r in self.ledger.records if r.unit == "user"]
         return self._cache.epsilon(events) if events else None
 
+    def pool_user_epsilon(self) -> tuple[float, int] | None:
+        """The largest pool user's ε at δ and the number of pool users released
+        (``None``: no pool-user record). Each pool user composes only their own records."""
+        by = self._cache.by_subject([r for r in self.ledger.records if r.unit == "pool_user"])
+        return (max(by.values()), len(by)) if by else None
+
     def spent(self) -> dict[str, Any]:
         """What the ledger says was spent, for ``summary.json`` and ``RunResult``: the
-        global user-level ε and the largest per-device example-level ε at δ, with the
-        accountant (``secrelay audit`` gives the full report)."""
-        by_device: dict[str, list[DpEvent]] = {}
-        for r in self.ledger.records:
-            if r.unit == "example":
-                for d in r.devices:
-                    by_device.setdefault(d, []).append(r.event)
-        example = [self._cache.epsilon(evs) for evs in by_device.values()]
+        global user-level ε, the largest per-device example-level ε and the largest
+        pool user's ε at δ, with the accountant (``secrelay audit`` gives the full
+        report)."""
+        example = self._cache.by_subject([r for r in self.ledger.records if r.unit == "example"])
+        pool = self.pool_user_epsilon()
         return {
             "delta": self.privacy.delta,
             "accountant": self.privacy.accountant,
             "user_epsilon": self.user_epsilon(),
-            "example_epsilon_max": max(example) if example else None,
-            "example_devices": len(by_device),
+            "example_epsilon_max": max(example.values()) if example else None,
+            "example_devices": len(example),
+            "pool_user_epsilon_max": pool[0] if pool else None,
+            "pool_users": pool[1] if pool else 0,
             "records": len(self.ledger.records),
             "randomness": self.privacy.randomness,
         }
 
     def state(self) -> dict[str, Any]:
         """What the checkpoint stores: the record count and the ledger's digest."""
-        lines = _lines(self.path)
-        return {"records": len(lines), "digest": _digest(lines)}
+        return ledger_state(self.path)
 
     # --- resume --------------------------------------------------------------------
     def reconcile(self, state: Mapping[str, Any] | None) -> None:

@@ -86,6 +86,7 @@ from secrelay.relay.coda.privacy import (
     matched_rows_bound,
     plan_dp_uses,
 )
+from secrelay.relay.coda.privatize import SamplePrivatizer
 from secrelay.relay.coda.program import CoDAProgram, CoDATask, UserVectorProgram
 from secrelay.relay.coda.storage import ModelStore, SampleTable
 from secrelay.relay.coda.training import (
@@ -117,6 +118,7 @@ __all__ = [
     "ModelStore",
     "PrivateTrainResult",
     "SampleBatch",
+    "SamplePrivatizer",
     "SampleTable",
     "UserVectorProgram",
     "VectorMode",

@@ -7,14 +7,13 @@ with the matching on the server in between, and scores every variant.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from protocols.dp import LedgerRecord
+from protocols.dp import LedgerRecord, PrivacyLedger
 from protocols.dp.rng import RandomGenerator, make_generator
 from protocols.errors import ConfigError, InvalidParameterError
 from secrelay.config import RunConfig
@@ -23,6 +22,7 @@ from secrelay.federated.client import DeviceOutput, DeviceTask, load_flat_parame
 from secrelay.federated.messages import QueryMessage, ReplyMessage
 from secrelay.methods import Method, RunContext, make_train_config, train_cloud_model
 from secrelay.metrics import Metrics, evaluate_predictions
+from secrelay.privacy.session import LEDGER_FILE
 from secrelay.relay.coda.cloud import CoDACloud
 from secrelay.relay.coda.he_matching import HEMatchServer, encrypted_match
 from secrelay.relay.coda.matching import default_user_feature, field_embedding_table
@@ -137,6 +137,8 @@ class CoDAMethod(Method):
         return tuple(r for dev in self._devices() for r in self._planned_for(dev, round))
 
     def privacy_records(self, round: int) -> tuple[LedgerRecord, ...]:
+        """What the round released: the devices' DP-SGD records and the pool users'
+        records of the privatized samples (``unit = "pool_user"``)."""
         return self._records
 
     # --- the round ---------------------------------------------------------------------
@@ -267,12 +269,18 @@ class CoDAMethod(Method):
             if privatizer is not None
             else []
         )
+        # The samples are released once served, whatever happens to the devices.
+        self._records = tuple(pool_records)
+        self._ledger_without_session(pool_records)
         learn = CoDAProgram(
             o, self.ctx.model_spec, make_train_config(self.ctx.config.local), self._sigmas()
         )
         outputs = executor.map(learn, tasks)
         # What the devices trained is released, even if one of them failed.
-        self._records = tuple(r for out in outputs for r in out.privacy_records)
+        self._records = (
+            *(r for out in outputs for r in out.privacy_records),
+            *pool_records,
+        )
         for dev, out in zip(devices, outputs):
             if "error" in out.private:
                 raise out.private["error"]
@@ -298,19 +306,21 @@ class CoDAMethod(Method):
         self.extra = rec
         return rec
 
+    def _ledger_without_session(self, records: list[LedgerRecord]) -> None:
+        """Spend the pool users' records into the run's privacy ledger when the runner
+        keeps none (no device-level DP: it spends :meth:`privacy_records` only for a
+        plan with differential privacy). With DP on, the runner's session spends them
+        with the round's other records — writing here too would count them twice."""
+        if records and not self.ctx.privacy.differential_privacy:
+            PrivacyLedger.open(self.ctx.run_dir / LEDGER_FILE).spend(records)
+
     def _privatized(
         self, privatizer: SamplePrivatizer, records: list[LedgerRecord]
     ) -> dict[str, float]:
-        """Write the pool users' records to ``coda_pool_ledger.jsonl`` and summarise.
-
-        They are not in the run's privacy ledger: its user-level ε composes *every*
-        user-level record into one global ε (the guarantee of a device in every
-        round), which would sum different pool users' releases; a per-pool-user unit
-        needs a ledger change (docs/he.md, *Privatized samples*)."""
-        path = self.ctx.run_dir / "coda_pool_ledger.jsonl"
-        with path.open("a", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r.to_dict(), sort_keys=True) + "\n")
+        """Summarise the privatized release for the round's metrics. The records are
+        in the run's privacy ledger (``unit = "pool_user"``: ε per pool user, never
+        summed across pool users or into the devices' ε); run directories written
+        before kept them in ``coda_pool_ledger.jsonl``, which ``secrelay audit`` reads."""
         counts = [r.steps or 0 for r in records]
         return {
             "privatized/epsilon_per_sample": float(privatizer.epsilon),

@@ -19,8 +19,10 @@ whose n_u samples were released has spent n_u·ε on their user fields (the same
 values under every sample): :meth:`SamplePrivatizer.records` writes one ledger record
 per pool user and round with exactly that composition.
 
-Unit and adjacency: *user* level for the pool user — replace-one of the user's
-user-field values; the records name the pool user as ``pool/<user>``.
+Unit and adjacency: the ledger unit ``"pool_user"`` (a user of the cloud's pool, not a
+device), replace-one of the user's user-field values; the records name the pool user as
+their subject, ``pool/<user>``. The accountant composes them per pool user and never
+adds different pool users together (:mod:`protocols.dp.ledger`).
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ class SamplePrivatizer:
                     round=round,
                     mechanism="coda_sample_randomized_response",
                     event=SelfComposedEvent(event=self.event, count=int(count)),
-                    unit="user",
+                    unit="pool_user",
                     devices=(pool_unit(user),),
                     delta=0.0,
                     adjacency="replace_one",

@@ -233,7 +233,7 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path: Path, monkeypatch: p
         (lambda obj: obj.update(seq=7), "`seq` must be 1"),
         (lambda obj: obj["event"].update(sample_rate=0.0), "sample_rate"),
         (lambda obj: obj.pop("devices"), "missing keys ['devices']"),
-        (lambda obj: obj.update(v=3), "`v` must be one of [1, 2]"),
+        (lambda obj: obj.update(v=4), "`v` must be one of [1, 2, 3]"),
         (lambda obj: obj.update(adjacency="add_one"), "`adjacency` must be one of"),
         (lambda obj: obj.pop("adjacency"), "missing keys ['adjacency']"),
     ],

@@ -211,7 +211,7 @@ def test_runs_and_the_audit_state_the_adjacency(tmp_path):
     rd = tmp_path / "fixed"
     cfg = _config(federated={"sampling": "fixed", "clients_per_round": 5}, **CENTRAL)
     run(cfg.replace(privacy={"dp_sgd": True, "local_noise_multiplier": 1.0}), rd, log=_quiet)
-    report = audit(rd, comparison=None)
+    report = audit(rd, comparison=None).to_dict()
     assert report["adjacency"] == {"user": "replace_one", "example": "add_remove"}
     assert report["user_level"]["adjacency"] == "replace_one"
     assert {m["adjacency"] for m in report["mechanisms"]} == {"replace_one", "add_remove"}
@@ -221,7 +221,7 @@ def test_runs_and_the_audit_state_the_adjacency(tmp_path):
     assert "| replace-one |" in (rd / "audit.md").read_text()
     rd2 = tmp_path / "poisson"
     run(_config(**CENTRAL), rd2, log=_quiet)
-    assert audit(rd2, write=False)["adjacency"]["user"] == "add_remove"
+    assert audit(rd2, write=False).to_dict()["adjacency"]["user"] == "add_remove"
 
 
 # --- 3. randomness -------------------------------------------------------------------------
@@ -391,7 +391,7 @@ def test_secure_resume_keeps_the_interrupted_rounds_release(tmp_path, monkeypatc
 def test_the_audit_marks_reproducible_runs_and_reads_old_run_directories(tmp_path):
     rd = tmp_path / "r"
     run(_config(rounds=1, **CENTRAL, randomness="reproducible"), rd, log=_quiet)
-    report = audit(rd)
+    report = audit(rd).to_dict()
     assert report["randomness"] == "reproducible"
     assert report["warnings"] == [REPRODUCIBLE_WARNING]
     assert (
@@ -407,10 +407,10 @@ def test_the_audit_marks_reproducible_runs_and_reads_old_run_directories(tmp_pat
     cfg["privacy"].pop("randomness")
     cfg["privacy"]["secure_noise"] = False
     (rd / "config.json").write_text(json.dumps(cfg))
-    assert audit(rd, write=False)["warnings"] == [REPRODUCIBLE_WARNING]
+    assert audit(rd, write=False).to_dict()["warnings"] == [REPRODUCIBLE_WARNING]
     cfg["privacy"]["secure_noise"] = True
     (rd / "config.json").write_text(json.dumps(cfg))
-    assert audit(rd, write=False)["randomness"] == "secure"
+    assert audit(rd, write=False).to_dict()["randomness"] == "secure"
 
 
 def test_replaced_key_is_refused_naming_its_replacement():

@@ -301,7 +301,7 @@ def test_relayrec_under_user_and_example_dp_records_every_release(tmp_path: Path
     example = [r for r in ledger.records if r.unit == "example"]
     assert len(example) == sum(rec["sampled"] - rec["dropped"] for rec in res.records[1:])
     assert all(r.mechanism.startswith("dp_sgd") for r in example)
-    report = audit(tmp_path / "r", comparison=None, write=False)
+    report = audit(tmp_path / "r", comparison=None, write=False).to_dict()
     assert report["user_level"]["clipping_norm"] == 0.5
     assert report["user_level"]["sensitivity"] == [pytest.approx(0.5 * math.sqrt(1 + 0.25**2))]
 

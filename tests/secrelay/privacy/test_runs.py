@@ -182,7 +182,7 @@ def test_privacy_config_is_validated_with_key_names(tmp_path: Path) -> None:
 def test_audit_reports_every_unit_and_writes_its_files(tmp_path: Path) -> None:
     rd = tmp_path / "r"
     run(_config(rounds=3, **BOTH, user_epsilon=50.0), rd, progress=False, log=_quiet)
-    report = audit(rd)
+    report = audit(rd).to_dict()
     ledger = _ledger(rd)
     assert report["delta"] == 1e-5 and report["accountants"] == ["prv", "rdp"]
     user = report["user_level"]
@@ -211,7 +211,7 @@ def test_audit_reports_every_unit_and_writes_its_files(tmp_path: Path) -> None:
 def test_audit_of_a_run_without_dp_says_so(tmp_path: Path) -> None:
     rd = tmp_path / "r"
     run(_config(rounds=1), rd, progress=False, log=_quiet)
-    report = audit(rd)
+    report = audit(rd).to_dict()
     assert report["ledger"]["records"] == 0
     assert "ε = ∞" in report["notes"][0]
 
@@ -238,7 +238,7 @@ def test_audit_reports_per_device_user_epsilon_without_amplification(tmp_path: P
     run(cfg, rd, progress=False, log=_quiet)
     ledger = _ledger(rd)
     assert all(r.sample_rate is None for r in ledger.records)  # q = 1: no amplification
-    report = audit(rd, comparison=None)
+    report = audit(rd, comparison=None).to_dict()
     pd = report["user_level"]["per_device"]
     devices = ledger.devices(unit="user")
     per = {d: ledger.epsilon(delta=1e-5, device=d, unit="user") for d in devices}
@@ -259,7 +259,7 @@ def test_epsilon_is_shown_where_users_look(tmp_path: Path) -> None:
     assert summary["privacy"] == res.epsilon
     assert res.epsilon is not None and res.epsilon["user_epsilon"] == eps[-1]
     assert res.epsilon["example_epsilon_max"] > 0 and res.epsilon["example_devices"] > 0
-    report = audit(tmp_path / "r", write=False)
+    report = audit(tmp_path / "r", write=False).to_dict()
     acc = res.epsilon["accountant"]
     assert report["user_level"]["epsilon"][acc] == pytest.approx(res.epsilon["user_epsilon"])
     assert any("privacy spent: user-level ε" in s for s in said)

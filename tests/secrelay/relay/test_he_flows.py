@@ -381,12 +381,14 @@ def test_privatized_coda_run_sends_handles_and_records_pool_users(tmp_path: Path
     last = res.records[-1]
     assert last["privatized/samples_released"] > 0
     assert last["privatized/max_pool_user_epsilon"] >= 2.0
-    lines = (tmp_path / "r" / "coda_pool_ledger.jsonl").read_text().splitlines()
+    # The pool users' records are in the run's ledger, as their own unit.
+    lines = (tmp_path / "r" / "privacy_ledger.jsonl").read_text().splitlines()
     recs = [json.loads(line) for line in lines]
     assert len(recs) == last["privatized/pool_users"]
-    assert all(r["devices"][0].startswith("pool/") and r["unit"] == "user" for r in recs)
+    assert all(r["devices"][0].startswith("pool/") and r["unit"] == "pool_user" for r in recs)
+    assert all(r["v"] == 3 for r in recs)
     assert sum(r["steps"] for r in recs) == last["privatized/samples_released"]
-    assert not (tmp_path / "r" / "privacy_ledger.jsonl").exists()
+    assert not (tmp_path / "r" / "coda_pool_ledger.jsonl").exists()
 
 
 def test_privatize_options_are_validated() -> None:
