@@ -13,7 +13,10 @@ Entry points:
   ``python -m attacks CONFIG --out DIR``): the utility–privacy trade-off grid;
 - the attacks, usable one by one: :class:`InteractedItemAttack`,
   :class:`LossThresholdAttack`, :class:`ReferenceAttack`, :class:`LiRAAttack`,
-  :class:`AttributeInferenceAttack`, :class:`ClusterInferenceAttack`;
+  :class:`AttributeInferenceAttack`, :class:`ClusterInferenceAttack`,
+  :class:`GradientInversionAttack` (update inversion), :class:`LocalCTRAttack` (LCFT's
+  local-CTR query), :class:`NeighbourhoodAttack` and :class:`ReidentificationAttack`
+  (CoDA's batch fetches and privatized samples);
 - the ε audits: :func:`audit_gaussian_sum` (many runs) and :class:`CanaryAudit`
   (one run);
 - the statistics: :func:`clopper_pearson`, :func:`roc_summary`,
@@ -47,6 +50,19 @@ _LAZY = {
     "AttributeInferenceAttack": "attacks.attributes",
     "AttributeResult": "attacks.attributes",
     "ClusterInferenceAttack": "attacks.clusters",
+    "GradientInversionAttack": "attacks.inversion",
+    "InversionResult": "attacks.inversion",
+    "Reconstruction": "attacks.inversion",
+    "inversion_run": "attacks.inversion",
+    "planted_batches": "attacks.inversion",
+    "LocalCTRAttack": "attacks.lcft",
+    "LocalCTRResult": "attacks.lcft",
+    "ldp_sweep": "attacks.lcft",
+    "NeighbourhoodAttack": "attacks.coda",
+    "NeighbourhoodResult": "attacks.coda",
+    "ReidentificationAttack": "attacks.coda",
+    "ReidentificationResult": "attacks.coda",
+    "reidentification_sweep": "attacks.coda",
     "ClusterResult": "attacks.clusters",
     "AuditResult": "attacks.audit",
     "CanaryAudit": "attacks.audit",

@@ -30,10 +30,25 @@ from typing import Any
 
 from secrelay import ConfigError, RunConfig, read_toml
 
-__all__ = ["ATTACKS", "PRESETS", "AttackConfig", "Setting", "load_attack_config"]
+__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "PRESETS", "AttackConfig", "Setting", "load_attack_config"]
 
-ATTACKS = ("items", "difference", "membership", "attributes", "audit", "cluster")
+ATTACKS = (
+    "items",
+    "difference",
+    "membership",
+    "attributes",
+    "audit",
+    "cluster",
+    "inversion",
+    "lcft",
+    "coda",
+)
 """Attack names an ``[attack] attacks`` list may hold."""
+
+DEFAULT_ATTACKS = ("items", "difference", "membership", "attributes", "audit", "cluster")
+"""What runs when ``attacks`` is not given: the method-specific attacks (``lcft``,
+``coda``) and the planted-round inversion (``inversion``, minutes per setting) are
+asked for by name."""
 
 _UNIFORM = {"name": "fedavg", "params": {"weighting": "uniform"}}
 _DP_SAMPLING = {"sampling": "poisson"}
@@ -139,18 +154,26 @@ class AttackConfig:
         Canaries of the one-run audits.
     audit_trials:
         Trials of the many-run audit of the Gaussian sum.
+    inversion_batch_sizes, inversion_devices:
+        Update inversion: the planted FedSGD round's batch sizes (one round each) and
+        devices per round.
+    reidentify_samples:
+        CoDA re-identification: released pool samples simulated per ε.
     seed:
         Seed of the attacks' own randomness (subsampling, shadows, bootstraps).
     """
 
     settings: tuple[Setting, ...]
-    attacks: tuple[str, ...] = ATTACKS
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
     attributes: tuple[str, ...] = ("gender", "age", "occupation")
     devices: int = 30
     shadows: int = 4
     membership_rows: int = 2000
     canaries: int = 500
     audit_trials: int = 20_000
+    inversion_batch_sizes: tuple[int, ...] = (1, 4)
+    inversion_devices: int = 20
+    reidentify_samples: int = 2000
     seed: int = 0
 
     @classmethod
@@ -166,6 +189,9 @@ class AttackConfig:
             "membership_rows",
             "canaries",
             "audit_trials",
+            "inversion_batch_sizes",
+            "inversion_devices",
+            "reidentify_samples",
             "seed",
         }
         for k in section:
@@ -190,7 +216,7 @@ class AttackConfig:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             problems.append(f"attack settings have duplicate names {dupes}")
-        attacks = tuple(section.get("attacks", ATTACKS))
+        attacks = tuple(section.get("attacks", DEFAULT_ATTACKS))
         bad = [a for a in attacks if a not in ATTACKS]
         if bad:
             problems.append(f"attack.attacks has unknown attacks {bad}; valid: {list(ATTACKS)}")
@@ -201,6 +227,8 @@ class AttackConfig:
             ("membership_rows", 10),
             ("canaries", 10),
             ("audit_trials", 100),
+            ("inversion_devices", 2),
+            ("reidentify_samples", 10),
             ("seed", 0),
         ):
             v = section.get(k, getattr(cls, k))
@@ -213,9 +241,26 @@ class AttackConfig:
             isinstance(a, str) for a in attributes
         ):
             problems.append(f"attack.attributes must be a list of field names; got {attributes!r}")
+        sizes = section.get("inversion_batch_sizes", cls.inversion_batch_sizes)
+        if (
+            not isinstance(sizes, (list, tuple))
+            or not sizes
+            or not all(
+                isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 64 for b in sizes
+            )
+        ):
+            problems.append(
+                f"attack.inversion_batch_sizes must be a non-empty list of ints in [1, 64]; got {sizes!r}"
+            )
         if problems:
             raise ConfigError("; ".join(problems))
-        return cls(tuple(settings), attacks, tuple(attributes), **ints)
+        return cls(
+            tuple(settings),
+            attacks,
+            tuple(attributes),
+            inversion_batch_sizes=tuple(int(b) for b in sizes),
+            **ints,
+        )
 
 
 def load_attack_config(

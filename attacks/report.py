@@ -29,6 +29,13 @@ audit        DP settings: many-run audit of the user-level Gaussian release at t
              run's noise multiplier; one-run canary audit of example-level DP-SGD on
              a reduced copy of the run (20 devices, 1 round)
 cluster      RelayRec runs: cluster choice and preference category
+inversion    federated ``dnn`` runs: DLG on a planted one-step FedSGD round per batch
+             size, trained with the setting's protection (plain / clipped / DP-SGD /
+             secure sum)
+lcft         LCFT runs: the server's estimate of each device's local CTR from its
+             query (plain, LDP) or none (table download); a simulated ε sweep
+coda         CoDA runs: attributes and items from the served neighbourhood (batch
+             fetches); re-identification of pool users from (privatized) samples
 ============ =========================================================================
 """
 
@@ -47,8 +54,11 @@ import numpy as np
 from attacks.attributes import AttributeInferenceAttack
 from attacks.audit import AuditResult, CanaryAudit, audit_gaussian_sum
 from attacks.clusters import ClusterInferenceAttack
+from attacks.coda import NeighbourhoodAttack, ReidentificationAttack, reidentification_sweep
 from attacks.config import AttackConfig, Setting, load_attack_config
+from attacks.inversion import GradientInversionAttack, inversion_run
 from attacks.items import AggregateMode, InteractedItemAttack, ItemInferenceResult
+from attacks.lcft import LocalCTRAttack, ldp_sweep
 from attacks.membership import (
     LiRAAttack,
     LossThresholdAttack,
@@ -67,7 +77,7 @@ from attacks.truth import (
     private_keys,
     user_attribute,
 )
-from attacks.views import ServerView
+from attacks.views import ModelLayout, ServerView
 from protocols.dp import PrivacyLedger
 from secrelay import RunConfig, run
 from secrelay.data import CTRDataset
@@ -549,6 +559,162 @@ def _example_audit(ctx: _Context) -> Entry:
     )
 
 
+def _attack_inversion(ctx: _Context) -> list[Entry]:
+    """DLG on planted one-step FedSGD rounds under the setting's protection."""
+    if ctx.config.method.name != "federated" or ctx.config.model.name != "dnn":
+        return [
+            ctx.not_applicable(
+                "inversion",
+                "label accuracy",
+                "update inversion needs a federated run of a 'dnn' (uploads of the dense part)",
+            )
+        ]
+    layout = ModelLayout.from_config(ctx.config, ctx.truth.full.schema)
+    atk = GradientInversionAttack(layout, iterations=100, restarts=1, seed=ctx.options.seed)
+    out = []
+    for b in ctx.options.inversion_batch_sizes:
+        try:
+            r = inversion_run(
+                ctx.config,
+                ctx.truth.full,
+                ctx.run_dir / f"inversion_b{b}",
+                atk,
+                devices=ctx.options.inversion_devices,
+                batch_size=b,
+                lr=INVERSION_LR,
+                seed=ctx.options.seed,
+            )
+        except ValueError as e:
+            out.append(ctx.not_applicable(f"inversion:b{b}", "label accuracy", str(e)))
+            continue
+        out.append(
+            ctx.entry(
+                f"inversion:b{b}",
+                "label accuracy",
+                r.label_accuracy,
+                details={
+                    **r.as_dict(),
+                    "reduced_run": (
+                        f"planted: {ctx.options.inversion_devices} devices × {b} training rows, "
+                        f"one FedSGD round (SGD, lr {INVERSION_LR}, one step), cloud model "
+                        "trained 1 epoch on 2,000 rows of other users; the setting's privacy"
+                    ),
+                },
+            )
+        )
+    return out
+
+
+INVERSION_LR = 0.1
+"""Learning rate of the planted FedSGD step (public: the server divides by it)."""
+
+
+def _attack_lcft(ctx: _Context) -> list[Entry]:
+    if ctx.config.method.name != "lcft":
+        return [
+            ctx.not_applicable("lcft:ctr", "local-CTR MAE", "not an LCFT run"),
+            ctx.not_applicable("lcft:above_median", "accuracy", "not an LCFT run"),
+        ]
+    atk = LocalCTRAttack.from_config(ctx.config, ctx.truth.cloud, seed=ctx.options.seed)
+    truth = {d: dev.train.ctr for d, dev in ctx.truth.devices.items() if len(dev.train)}
+    plain = atk.run(ctx.view, truth)
+    results = [plain]
+    if atk.query is not None and atk.query.private:
+        results.append(atk.run(ctx.view, truth, bayes=True))
+    best = min(results, key=lambda r: r.mae.value)
+    sweep = ldp_sweep(
+        truth,
+        prior=atk.prior,
+        prior_ctrs=atk.prior_ctrs,
+        epsilons=(0.5, 1.0, 2.0, 4.0, 8.0),
+        delta=ctx.config.privacy.delta,
+        accountant=ctx.config.privacy.accountant,
+        seed=ctx.options.seed,
+    )
+    details = {
+        "best_route": best.route,
+        "baseline_mae": best.baseline_mae.as_dict(),
+        "routes": [r.as_dict() for r in results],
+        "simulated_sweep": sweep,
+    }
+    return [
+        ctx.entry("lcft:ctr", "local-CTR MAE", best.mae, details=details),
+        ctx.entry(
+            "lcft:above_median",
+            "accuracy",
+            best.above_median,
+            details={"baseline": best.above_median_baseline, "route": best.route},
+        ),
+    ]
+
+
+def _attack_coda(ctx: _Context) -> list[Entry]:
+    names = [f"coda:attribute:{a}" for a in ctx.options.attributes]
+    if ctx.config.method.name != "coda":
+        return [
+            ctx.not_applicable(n, m, "not a CoDA run")
+            for n, m in [(x, "accuracy") for x in names]
+            + [("coda:items", "precision@20"), ("coda:reidentify", "re-identification rate")]
+        ]
+    from secrelay.relay.coda import CoDAOptions, SamplePrivatizer
+
+    o = CoDAOptions.from_mapping(ctx.config.method.options)
+    pool = ctx.truth.cloud
+    hood = NeighbourhoodAttack(pool, k=o.k, seed=ctx.options.seed)
+    devices = {d: dev.train for d, dev in ctx.truth.devices.items() if len(dev.train)}
+    r = hood.run(
+        ctx.view,
+        devices,
+        ctx.options.attributes,
+        privatized=o.privatize_samples,
+        feature=o.user_feature,
+    )
+    out = []
+    for a, name in zip(ctx.options.attributes, names):
+        if a not in r.attributes:
+            out.append(ctx.not_applicable(name, "accuracy", f"the data has no field {a!r}"))
+            continue
+        est, base = r.attributes[a]
+        out.append(ctx.entry(name, "accuracy", est, details={"baseline": base, **r.as_dict()}))
+    out.append(
+        ctx.entry(
+            "coda:items",
+            f"precision@{r.top_items}",
+            r.item_precision,
+            details={"baseline": r.item_baseline.as_dict(), "devices": r.devices},
+        )
+    )
+    eps = o.sample_epsilon if o.privatize_samples else None
+    rng = np.random.default_rng(ctx.options.seed)
+    n = min(ctx.options.reidentify_samples, len(pool))
+    rows = np.sort(rng.choice(len(pool), n, replace=False))
+    atk = ReidentificationAttack(pool, aux="fields+items", seed=ctx.options.seed)
+    priv = None if eps is None else SamplePrivatizer(pool.schema, float(eps))
+    res = atk.run(rows, privatizer=priv, generator=np.random.default_rng(ctx.options.seed + 1))
+    sweep = reidentification_sweep(
+        pool,
+        epsilons=(None, 8.0, 4.0, 2.0, 1.0),
+        samples=n,
+        seed=ctx.options.seed,
+    )
+    out.append(
+        ctx.entry(
+            "coda:reidentify",
+            "re-identification rate",
+            res.rate,
+            details={
+                **res.as_dict(),
+                "design": (
+                    "simulated release of random pool rows with the run's privatizer "
+                    "(the transcript's handles cannot be linked to pool rows by the experimenter)"
+                ),
+                "sweep": [x.as_dict() for x in sweep],
+            },
+        )
+    )
+    return out
+
+
 ATTACK_RUNNERS: dict[str, Callable[[_Context], list[Entry]]] = {
     "items": _attack_items,
     "difference": _attack_difference,
@@ -556,6 +722,9 @@ ATTACK_RUNNERS: dict[str, Callable[[_Context], list[Entry]]] = {
     "attributes": _attack_attributes,
     "audit": _attack_audit,
     "cluster": _attack_cluster,
+    "inversion": _attack_inversion,
+    "lcft": _attack_lcft,
+    "coda": _attack_coda,
 }
 
 

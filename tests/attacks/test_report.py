@@ -146,3 +146,39 @@ def test_cli_help_and_bad_config(tmp_path):
     assert runner.invoke(app, ["--help"]).exit_code == 0
     res = runner.invoke(app, [str(tmp_path / "missing.toml")])
     assert res.exit_code == 2
+
+
+def test_new_attack_keys_parse_and_are_checked():
+    cfg = AttackConfig.from_dict(
+        {"attacks": ["inversion", "lcft", "coda"], "inversion_batch_sizes": [1, 2]}
+    )
+    assert cfg.inversion_batch_sizes == (1, 2) and cfg.attacks == ("inversion", "lcft", "coda")
+    with pytest.raises(ConfigError) as e:
+        AttackConfig.from_dict({"inversion_batch_sizes": [0], "inversion_devices": 1})
+    assert "inversion_batch_sizes" in str(e.value) and "inversion_devices" in str(e.value)
+
+
+def test_method_specific_attacks_say_where_they_do_not_apply(tmp_path):
+    cfg = _write(tmp_path, '["lcft", "coda"]', '["none"]')
+    report = attack(cfg, tmp_path / "out", progress=False, log=lambda s: None)
+    for name in ("lcft:ctr", "coda:reidentify", "coda:attribute:gender"):
+        e = report.entry("none", name)
+        assert not e.applicable and "not" in e.note
+
+
+def test_grid_inversion_entries(tmp_path):
+    """The grid's inversion entries: plain uploads give batch-1 labels away, DP-SGD and
+    SecAgg+ do not (planted FedSGD rounds of each setting)."""
+    cfg = _write(tmp_path, '["inversion"]', '["none", "secagg", "example_dp_e8"]')
+    text = cfg.read_text().replace("canaries = 60", "canaries = 60\ninversion_devices = 12")
+    text = text.replace(
+        "inversion_devices = 12", "inversion_devices = 12\ninversion_batch_sizes = [1]"
+    )
+    cfg.write_text(text)
+    report = attack(cfg, tmp_path / "out", progress=False, log=lambda s: None)
+    plain = report.entry("none", "inversion:b1")
+    assert plain.value.value >= 0.95 and plain.details["feature_recovery"]["value"] >= 0.9
+    for name in ("secagg", "example_dp_e8"):
+        e = report.entry(name, "inversion:b1")
+        assert e.details["feature_recovery"]["value"] < 0.5
+        assert e.gauc is not None
