@@ -21,7 +21,12 @@ Generative model (all randomness from ``numpy.random.default_rng(seed)``):
   draw of its sigmoid, so the Bayes-optimal score is that probability
   (:meth:`SyntheticLatents.click_probability`).
 * Items are drawn from a Zipf-like popularity (exponent ``popularity_exponent``);
-  each user's times are uniform over ``span_days`` days.
+  each user's times are uniform over ``span_days`` days. With ``exposure = 0`` (the
+  default) which items a user sees does not depend on the user; with
+  ``exposure > 0`` a user of group ``g`` sees an item of category ``c`` at time ``t``
+  with weight ``popularity · exp(exposure · P_t[g, c])`` — users mostly see what
+  their group likes, so *what* a user interacted with (not only whether it clicked)
+  carries its preferences, as in logged recommendation data.
 
 Observed fields (vocabulary sizes; index 0 = padding / unknown):
 
@@ -155,6 +160,27 @@ def _daypart(t: np.ndarray) -> np.ndarray:
     return ((t % 86_400) // 3_600 // 6).astype(np.int64)
 
 
+def _exposed_items(
+    rng: np.random.Generator,
+    popularity: np.ndarray,
+    latents: SyntheticLatents,
+    row_user: np.ndarray,
+    row_time: np.ndarray,
+    exposure: float,
+) -> np.ndarray:
+    """Item codes of every row, drawn with weight popularity · exp(exposure · P_t[g, c])."""
+    group = latents.user_group[row_user - 1]
+    after = row_time >= latents.drift_time
+    items = np.zeros(row_user.size, dtype=np.int64)
+    for g in range(latents.preference_before.shape[0]):
+        for late, pref in ((False, latents.preference_before), (True, latents.preference_after)):
+            rows = np.flatnonzero((group == g) & (after == late))
+            if rows.size:
+                w = popularity * np.exp(exposure * pref[g, latents.item_category])
+                items[rows] = rng.choice(w.size, size=rows.size, p=w / w.sum()) + 1
+    return items
+
+
 def _check_int(name: str, value: object, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise InvalidParameterError(f"`{name}` must be an int >= {low}; got {value!r}")
@@ -190,6 +216,7 @@ def make_synthetic_with_latents(
     user_noise: float = 0.5,
     popularity_exponent: float = 0.8,
     span_days: int = 180,
+    exposure: float = 0.0,
     seed: int = 0,
 ) -> SyntheticData:
     """Generate the synthetic data set and return it with its latent parameters.
@@ -219,6 +246,9 @@ def make_synthetic_with_latents(
         Zipf exponent of item popularity (>= 0; 0 = uniform).
     span_days:
         Length of the time span in days (>= 1).
+    exposure:
+        How strongly a user's group preference steers which items it sees (>= 0;
+        0 = items independent of the user, as before this parameter existed).
     seed:
         Seed of ``numpy.random.default_rng``; equal seeds give identical data.
 
@@ -243,6 +273,7 @@ def make_synthetic_with_latents(
     preference_scale = _check_float("preference_scale", preference_scale, 0.0)
     user_noise = _check_float("user_noise", user_noise, 0.0)
     popularity_exponent = _check_float("popularity_exponent", popularity_exponent, 0.0)
+    exposure = _check_float("exposure", exposure, 0.0)
     seed = _check_int("seed", seed, 0)
     rng = np.random.default_rng(seed)
 
@@ -302,8 +333,12 @@ def make_synthetic_with_latents(
     weights /= weights.sum()
     n = n_users * samples_per_user
     row_user = np.repeat(np.arange(1, n_users + 1, dtype=np.int64), samples_per_user)
-    row_item = rng.choice(n_items, size=n, p=weights).astype(np.int64) + 1
-    row_time = _T0 + rng.integers(0, span, size=n)
+    if exposure == 0.0:  # the original draw order: data of earlier versions unchanged
+        row_item = rng.choice(n_items, size=n, p=weights).astype(np.int64) + 1
+        row_time = _T0 + rng.integers(0, span, size=n)
+    else:
+        row_time = _T0 + rng.integers(0, span, size=n)
+        row_item = _exposed_items(rng, weights, latents, row_user, row_time, exposure)
     prob = _sigmoid(latents.logit(row_user, row_item, row_time))
     y = (rng.random(n) < prob).astype(np.float32)
 
@@ -370,6 +405,7 @@ def make_synthetic(
     user_noise: float = 0.5,
     popularity_exponent: float = 0.8,
     span_days: int = 180,
+    exposure: float = 0.0,
     seed: int = 0,
 ) -> CTRDataset:
     """Generate the embedded synthetic CTR data set.
@@ -404,5 +440,6 @@ def make_synthetic(
         user_noise=user_noise,
         popularity_exponent=popularity_exponent,
         span_days=span_days,
+        exposure=exposure,
         seed=seed,
     ).dataset
