@@ -4,7 +4,9 @@ pool and on a local Ray instance, side by side in one session (issue 18).
 Run: pytest benchmarks/bench_executors.py --benchmark-columns=mean,stddev,rounds
 (the Ray case skips without the secrelay[ray] extra). Devices/s = 100 / mean round
 time. Data placement (start) is outside the timed rounds: both executors place each
-device's data once per run.
+device's data once per run. A whole 20-round run of both executors (start included)
+and the scaling table: ``python benchmarks/bench_scaling.py run`` (docs/results.md,
+"Scaling").
 """
 
 from __future__ import annotations

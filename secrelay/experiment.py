@@ -48,7 +48,7 @@ from secrelay.methods import (
     model_spec_from,
     prepare_data,
 )
-from secrelay.methods.data import IN_MEMORY
+from secrelay.methods.data import IN_MEMORY, population_problems
 from secrelay.metrics import Metrics
 from secrelay.models import MODEL_REGISTRY
 from secrelay.privacy.plan import PrivacyPlan
@@ -80,6 +80,7 @@ def _input_problems(config: RunConfig) -> list[str]:
             f"data.path {config.data.path!r} does not exist (resolved against the current "
             f"directory: {Path(config.data.path).resolve()})"
         )
+    problems += population_problems(config)
     return problems
 
 
@@ -390,6 +391,9 @@ def run(
         "audit.json",
         "audit.md",
         "audit_epsilon.png",
+        "attack_audit.json",  # an earlier run's empirical bounds
+        "coda_pool_ledger.jsonl",  # runs before the pool-user ledger unit
+        "relayrec_cloud.json",
     ):
         (rd / stale).unlink(missing_ok=True)
     atomic_write_text(rd / "config.json", config.to_json())

@@ -16,6 +16,7 @@ from secrelay.data.dataset import CTRDataset
 from secrelay.data.libfm import load_libfm
 from secrelay.data.movielens import load_movielens100k
 from secrelay.data.options import field_map_from_options, tabular_spec_from_options
+from secrelay.data.population import population_from_options
 from secrelay.data.synthetic import make_synthetic
 from secrelay.data.tabular import load_csv, load_parquet
 
@@ -31,6 +32,17 @@ def _synthetic(path: PathLike | None, **kw: Any) -> CTRDataset:
             f"the 'synthetic' data set is generated, not read: `path` must be None; got {path!r}"
         )
     return make_synthetic(**kw)
+
+
+def _population(path: PathLike | None, **kw: Any) -> CTRDataset:
+    """Every row of a :class:`SyntheticPopulation` and its cloud users, materialized
+    (for small populations; ``secrelay run`` keeps a population lazy instead)."""
+    if path is not None:
+        raise InvalidParameterError(
+            f"the 'population' data set is generated, not read: `path` must be None; got {path!r}"
+        )
+    pop, cloud = population_from_options(kw)
+    return pop.with_devices(pop.n_devices + cloud).rows(range(1, pop.n_devices + cloud + 1))
 
 
 def _movielens100k(path: PathLike | None, **kw: Any) -> CTRDataset:
@@ -78,6 +90,7 @@ def _tabular(reader: Callable[..., CTRDataset]) -> Callable[..., CTRDataset]:
 
 for _name, _loader in (
     ("synthetic", _synthetic),
+    ("population", _population),
     ("movielens100k", _movielens100k),
     ("libfm", _needs_path("libfm", _libfm)),
     ("csv", _needs_path("csv", _tabular(load_csv))),
@@ -103,6 +116,8 @@ def load_dataset(name: str, path: PathLike | None = None, **kw: Any) -> CTRDatas
     ----------
     name:
         ``"synthetic"`` (keywords of :func:`make_synthetic`; no path),
+        ``"population"`` (keywords of
+        :func:`~secrelay.data.population.population_from_options`; no path),
         ``"movielens100k"`` (``path`` = directory, or ``$SECRELAY_ML100K``),
         ``"libfm"`` (``field_map=`` a :class:`FieldMap`), ``"csv"`` / ``"parquet"``
         (``spec=`` a :class:`TabularSpec`), or a name added by
@@ -119,7 +134,7 @@ def load_dataset(name: str, path: PathLike | None = None, **kw: Any) -> CTRDatas
     >>> load_dataset("imagenet")
     Traceback (most recent call last):
     ...
-    protocols.errors.InvalidParameterError: unknown data set 'imagenet'; valid names: csv, libfm, movielens100k, parquet, synthetic
+    protocols.errors.InvalidParameterError: unknown data set 'imagenet'; valid names: csv, libfm, movielens100k, parquet, population, synthetic
     """
     if name not in DATASET_LOADERS:
         raise InvalidParameterError(

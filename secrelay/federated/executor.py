@@ -90,6 +90,11 @@ def _run_one(program: ClientProgram, task: DeviceTask) -> DeviceOutput:
     return program.run(_WORKER_DEVICES[task.device_id], task)
 
 
+def _run_chunk(program: ClientProgram, tasks: list[DeviceTask]) -> list[DeviceOutput]:
+    # One pickle of the program and of the round's models (shared by the tasks) per chunk.
+    return [program.run(_WORKER_DEVICES[t.device_id], t) for t in tasks]
+
+
 class ProcessPoolExecutor(Executor):
     """Runs devices in a pool of worker processes (one torch thread each).
 
@@ -126,9 +131,13 @@ class ProcessPoolExecutor(Executor):
     def map(self, program: ClientProgram, tasks: Sequence[DeviceTask]) -> list[DeviceOutput]:
         if self._pool is None:
             raise InvalidParameterError("ProcessPoolExecutor.map() called before start()")
-        futures = [self._pool.submit(_run_one, program, t) for t in tasks]
+        # A few chunks per worker: each pickles the program and the round's models once
+        # (tasks of a round share one models dict), instead of once per device.
+        size = max(1, -(-len(tasks) // (2 * self.workers)))
+        chunks = [list(tasks[i : i + size]) for i in range(0, len(tasks), size)]
+        futures = [self._pool.submit(_run_chunk, program, c) for c in chunks]
         try:
-            return [f.result() for f in futures]
+            return [out for f in futures for out in f.result()]
         except cf.process.BrokenProcessPool:
             self._pool = None
             raise InvalidParameterError(

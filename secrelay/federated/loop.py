@@ -122,6 +122,10 @@ class RoundConfig:
         ``"raise"`` stops the run; ``"skip"`` records the aborted round and goes on.
     eval_every:
         Evaluate every this many rounds (the last round is always evaluated).
+    eval_devices:
+        Evaluate on a fixed sample of this many devices, drawn once from the seed
+        (``0``, the default: every device). At scale this bounds what evaluation reads
+        in the server: a lazy population materializes only these devices' test rows.
     """
 
     clients_per_round: int = 25
@@ -131,6 +135,7 @@ class RoundConfig:
     min_survivors: int = 1
     on_abort: Literal["raise", "skip"] = "raise"
     eval_every: int = 1
+    eval_devices: int = 0
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:
@@ -155,6 +160,10 @@ class RoundConfig:
             )
         if self.eval_every < 1:
             raise InvalidParameterError(f"`eval_every` must be >= 1; got {self.eval_every}")
+        if self.eval_devices < 0:
+            raise InvalidParameterError(
+                f"`eval_devices` must be >= 0 (0 = every device); got {self.eval_devices}"
+            )
 
 
 @dataclass
@@ -189,6 +198,8 @@ class RoundRecord:
     # DP releases of the round (devices' DP-SGD, noised sums), for the privacy
     # ledger; not part of the metrics.
     privacy_records: tuple[LedgerRecord, ...] = ()
+    # How many devices the metrics were computed on (all, or the fixed eval sample).
+    eval_devices: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -202,6 +213,7 @@ class RoundRecord:
         }
         if self.metrics is not None:
             out.update(self.metrics.as_dict())
+            out["eval_devices"] = self.eval_devices
         return out
 
 
@@ -242,7 +254,9 @@ class FederatedLoop:
     program:
         Device program (usually ``strategy.client_program(...)``).
     devices:
-        Every device's data, by device id.
+        Every device's data, by device id (a :class:`~secrelay.federated.lazy.LazyDeviceData`
+        per device keeps the rows out of the server: they load in the executor's workers,
+        and evaluation reads only ``config.eval_devices`` devices').
     model_spec:
         Builds the device model (evaluation).
     config:
@@ -291,6 +305,7 @@ class FederatedLoop:
         self.model_spec = model_spec
         self.config = config or RoundConfig()
         self.seed = int(seed)
+        self.eval_ids = self._eval_sample()
         self.sum_protocol = sum_protocol or PlaintextSum()
         self.channel = channel or Channel()
         self.executor = executor or SequentialExecutor()
@@ -331,6 +346,15 @@ class FederatedLoop:
                 self.device_ids, self.config, generator=SecureGenerator()
             )
         return list(self._drawn[round])
+
+    def _eval_sample(self) -> np.ndarray:
+        """The devices evaluation reads (sorted): all, or ``config.eval_devices`` of them
+        drawn once from the seed (the experimenter's choice, not a protocol flow)."""
+        k = self.config.eval_devices
+        if k == 0 or k >= self.device_ids.size:
+            return self.device_ids
+        rng = self._rng(0, 3)
+        return np.sort(rng.choice(self.device_ids, size=k, replace=False))
 
     def dropout_plan(self, round: int, sampled: Sequence[int]) -> dict[int, str]:
         """Which sampled devices fail this round, and at which stage."""
@@ -394,7 +418,9 @@ class FederatedLoop:
         outputs: list[DeviceOutput] = self.executor.map(self.program, tasks) if tasks else []
         trained = {t.device_id: o for t, o in zip(tasks, outputs)}
         for dev, out in trained.items():
-            self.store.update(dev, {k: v for k, v in out.private.items() if k != "predictions"})
+            kept = self._state_to_keep(dev, out.private)
+            if kept:
+                self.store.update(dev, kept)
             if "predictions" in out.private:
                 self.personal_predictions[dev] = np.asarray(out.private["predictions"])
         losses = [
@@ -421,6 +447,7 @@ class FederatedLoop:
                 train_loss=float(np.mean(losses)) if losses else float("nan"),
                 metrics=self.evaluate() if do_eval else None,
                 privacy_records=tuple(privacy_records),
+                eval_devices=int(self.eval_ids.size) if do_eval else 0,
             )
         # A sum that must always release (central DP, Poisson sampling) runs even when
         # nobody took part: skipping the round would depend on who was sampled.
@@ -464,7 +491,25 @@ class FederatedLoop:
             train_loss=float(np.mean(losses)) if losses else float("nan"),
             metrics=metrics,
             privacy_records=tuple(privacy_records),
+            eval_devices=int(self.eval_ids.size) if do_eval else 0,
         )
+
+    def _state_to_keep(self, device_id: int, private: Mapping[str, Any]) -> dict[str, Any]:
+        """What of a device's reported private state the store keeps: not its personal
+        predictions (kept apart), and not a ``model_key`` naming a one-model strategy's
+        only model for a device with nothing stored, which is what :meth:`device_key`
+        returns for it anyway. A single-model strategy (FedAvg) thus keeps no state per
+        device, however many devices have trained; a method that keeps some (RelayRec's
+        cluster) keeps it for exactly the devices that have it."""
+        kept = {k: v for k, v in private.items() if k != "predictions"}
+        keys = self.strategy.keys
+        if (
+            len(keys) == 1
+            and device_id not in self.store.state
+            and kept.get("model_key", keys[0]) == keys[0]
+        ):
+            kept.pop("model_key", None)
+        return kept
 
     # --- evaluation -------------------------------------------------------------
     def device_key(self, device_id: int) -> str:
@@ -474,17 +519,23 @@ class FederatedLoop:
         return str(key) if key in self.strategy.models else self.strategy.keys[0]
 
     def evaluate(self) -> Metrics:
-        """Pooled AUC/logloss and gAUC over every device's test split."""
+        """Pooled AUC/logloss and gAUC over the test splits of the evaluated devices
+        (every device, or the fixed sample of ``config.eval_devices``)."""
         if self.strategy.personalized:
             return self._evaluate_personal()
-        tests = {d: dd.test for d, dd in self.devices.items() if len(dd.test)}
+        tests = {}
+        for d in self.eval_ids.tolist():
+            test = self.devices[d].test
+            if len(test):
+                tests[d] = test
         keys = {d: self.device_key(d) for d in tests}
         return evaluate_keyed(self.model_spec, self.strategy.models, tests, keys)
 
     def _evaluate_personal(self) -> Metrics:
         ys, ps, gs = [], [], []
-        for dev, dd in self.devices.items():
-            if not len(dd.test) or dev not in self.personal_predictions:
+        for dev in self.eval_ids.tolist():
+            dd = self.devices[dev]
+            if dev not in self.personal_predictions or not len(dd.test):
                 continue
             ys.append(dd.test.y)
             ps.append(self.personal_predictions[dev])

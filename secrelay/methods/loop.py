@@ -44,6 +44,7 @@ class LoopMethod(Method):
             min_survivors=fed.min_survivors,
             on_abort=fed.on_abort,
             eval_every=fed.eval_every,
+            eval_devices=fed.eval_devices,
         )
         settings.update(overrides)
         return RoundConfig(**settings)
