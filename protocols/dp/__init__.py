@@ -25,6 +25,11 @@ Submodules
     :mod:`protocols.dp.local_training` explicitly.
 :mod:`~protocols.dp.rng`
     ``make_generator``, ``SecureGenerator``.
+:mod:`~protocols.dp.correlated`, :mod:`~protocols.dp.tree`, :mod:`~protocols.dp.matrix_factorization`
+    Correlated-noise prefix sums without amplification: DP-FTRL's tree aggregation
+    and banded matrix factorization (``TreeAggregationNoise``, ``BandedMatrixNoise``).
+:mod:`~protocols.dp.adaptive_clip`
+    Quantile-based adaptive clipping and its joint noise multiplier.
 """
 
 from protocols.dp.accountants import (
@@ -37,10 +42,21 @@ from protocols.dp.accountants import (
     make_accountant,
     register_accountant,
 )
+from protocols.dp.adaptive_clip import (
+    joint_noise_multiplier,
+    noisy_clipped_fraction,
+    quantile_clip_update,
+    update_noise_multiplier,
+)
 from protocols.dp.calibration import (
     calibrate_noise_multiplier,
     epsilon_for,
     smallest_noise_within,
+)
+from protocols.dp.correlated import (
+    CorrelatedNoise,
+    gaussian_increment,
+    stream_sensitivity_squared,
 )
 from protocols.dp.distributed import (
     DistributedDiscreteGaussianPlan,
@@ -78,6 +94,13 @@ from protocols.dp.ledger import (
     PrivacyLedger,
     PrivacyUnit,
 )
+from protocols.dp.matrix_factorization import (
+    BandedMatrixEvent,
+    BandedMatrixNoise,
+    banded_sqrt_factorization,
+    prefix_sum_matrix,
+    sqrt_toeplitz_coefficients,
+)
 from protocols.dp.mechanisms import clip_by_l2_norm, clip_update, gaussian_mechanism, l2_norm
 from protocols.dp.rng import (
     RANDOMNESS_MODES,
@@ -87,14 +110,18 @@ from protocols.dp.rng import (
     check_randomness,
     make_generator,
 )
+from protocols.dp.tree import TreeAggregationEvent, TreeAggregationNoise, tree_depth
 
 __all__ = [
     "ADJACENCIES",
     "DEFAULT_RDP_ORDERS",
     "RANDOMNESS_MODES",
     "Adjacency",
+    "BandedMatrixEvent",
+    "BandedMatrixNoise",
     "BudgetReport",
     "ComposedEvent",
+    "CorrelatedNoise",
     "DistributedDiscreteGaussianEvent",
     "DistributedDiscreteGaussianPlan",
     "DpEvent",
@@ -118,8 +145,11 @@ __all__ = [
     "Randomness",
     "SecureGenerator",
     "SelfComposedEvent",
+    "TreeAggregationEvent",
+    "TreeAggregationNoise",
     "ZCDPEvent",
     "available_accountants",
+    "banded_sqrt_factorization",
     "calibrate_noise_multiplier",
     "check_randomness",
     "clip_by_l2_norm",
@@ -130,16 +160,25 @@ __all__ = [
     "epsilon_for",
     "event_from_dict",
     "from_modular",
+    "gaussian_increment",
     "gaussian_mechanism",
     "gaussian_report",
+    "joint_noise_multiplier",
     "l2_norm",
     "make_accountant",
     "make_generator",
+    "noisy_clipped_fraction",
+    "prefix_sum_matrix",
+    "quantile_clip_update",
     "quantize",
     "randomized_response",
     "randomized_response_estimate",
     "register_accountant",
     "rounded_l2_bound",
     "smallest_noise_within",
+    "sqrt_toeplitz_coefficients",
+    "stream_sensitivity_squared",
     "to_modular",
+    "tree_depth",
+    "update_noise_multiplier",
 ]

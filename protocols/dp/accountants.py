@@ -22,6 +22,9 @@ What each kind of event costs (both accountants):
   when these are mixed with Gaussians, δ is split between a PRV part and an RDP part
   (basic composition of the two (ε, δ) guarantees) and the best of a few splits, or
   of the pure-RDP bound, is reported; every candidate is a valid upper bound.
+* Tree aggregation and banded matrix factorization (``TreeAggregationEvent``,
+  ``BandedMatrixEvent``) — the Gaussian mechanism they are (``gaussian_equivalent``),
+  not amplified.
 * Pure-ε events (Laplace, randomized response, :class:`~protocols.dp.events.PureEpsilonEvent`)
   — **basic composition**: their ε's are added to the (ε, δ) of the rest, which is
   valid but can be loose for many small ε's. A Poisson-sampled Laplace or pure-ε
@@ -155,6 +158,12 @@ def _flatten(event: DpEvent, count: int, q: float, out: _Leaves) -> None:
         if q < 1.0:
             raise _unsupported(event, "Poisson amplification of zCDP is not implemented")
         out.rho += count * event.rho
+    elif callable(expand := getattr(event, "gaussian_equivalent", None)):
+        # A whole linear mechanism that is one Gaussian (tree aggregation, banded MF:
+        # protocols.dp.tree / .matrix_factorization); their analyses claim no amplification.
+        if q < 1.0:
+            raise _unsupported(event, "no amplification analysis for this mechanism")
+        _flatten(expand(), count, q, out)
     else:
         raise _unsupported(event, f"unknown event type {type(event).__name__}")
 

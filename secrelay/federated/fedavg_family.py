@@ -39,19 +39,35 @@ def _mean_delta(sums: Mapping[str, np.ndarray]) -> np.ndarray | None:
 
 
 class FedAvg(Strategy):
-    """FedAvg (McMahan et al. 2017): the weighted mean update, times ``server_lr``."""
+    """FedAvg (McMahan et al. 2017): the weighted mean update, times ``server_lr``.
+
+    ``server_momentum`` β in [0, 1) turns the server step into heavy-ball momentum on
+    the mean update Δ (FedAvgM, Hsu et al. 2019; the server optimizer DP-FedAvg
+    uses in McMahan et al. 2018): v ← β·v + Δ, w ← w + η·v. Under DP-FTRL, whose
+    released Δ's are increments of a noisy prefix sum, this equals DP-FTRLM's momentum
+    on the prefix sums (:mod:`secrelay.privacy.correlated_dp`). β = 0 is plain FedAvg.
+    """
 
     name = "fedavg"
 
-    def __init__(self, *, server_lr: float = 1.0, weighting: Weighting = "samples") -> None:
+    def __init__(
+        self,
+        *,
+        server_lr: float = 1.0,
+        weighting: Weighting = "samples",
+        server_momentum: float = 0.0,
+    ) -> None:
         super().__init__()
         _check_positive("server_lr", server_lr)
+        _check_unit("server_momentum", server_momentum)
         if weighting not in ("samples", "uniform"):
             raise InvalidParameterError(
                 f"`weighting` must be 'samples' or 'uniform'; got {weighting!r}"
             )
         self.server_lr = float(server_lr)
         self.weighting: Weighting = weighting
+        self.server_momentum = float(server_momentum)
+        self._server_velocity: dict[str, np.ndarray] = {}
 
     def contribution_rule(self) -> ContributionRule:
         return WeightedDeltaRule(self.weighting)
@@ -74,8 +90,24 @@ class FedAvg(Strategy):
         if mean is None:
             return {}
         key = self.keys[0]
-        self._set(key, self.models[key] + self.server_lr * mean)
+        step = mean
+        if self.server_momentum > 0.0:
+            step = self.server_momentum * self._server_velocity.get(key, np.zeros_like(mean)) + mean
+            self._server_velocity[key] = step
+        self._set(key, self.models[key] + self.server_lr * step)
         return {"update_norm": float(np.linalg.norm(mean))}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self._server_velocity:
+            state["server_velocity"] = {k: v.copy() for k, v in self._server_velocity.items()}
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._server_velocity = {
+            k: np.asarray(v).copy() for k, v in state.get("server_velocity", {}).items()
+        }
 
 
 class FedProx(FedAvg):
@@ -84,9 +116,14 @@ class FedProx(FedAvg):
     name = "fedprox"
 
     def __init__(
-        self, *, mu: float = 0.01, server_lr: float = 1.0, weighting: Weighting = "samples"
+        self,
+        *,
+        mu: float = 0.01,
+        server_lr: float = 1.0,
+        weighting: Weighting = "samples",
+        server_momentum: float = 0.0,
     ) -> None:
-        super().__init__(server_lr=server_lr, weighting=weighting)
+        super().__init__(server_lr=server_lr, weighting=weighting, server_momentum=server_momentum)
         _check_positive("mu", mu)
         self.mu = float(mu)
 

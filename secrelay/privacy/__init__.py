@@ -19,6 +19,9 @@ Submodules
 :mod:`~secrelay.privacy.distributed_dp`
     ``DistributedGaussianSum``: the same wrapper under SecAgg+, with distributed
     discrete Gaussian noise added on the devices before masking.
+:mod:`~secrelay.privacy.correlated_dp`
+    ``CorrelatedNoiseSum``: DP-FTRL (tree aggregation) and banded matrix factorization
+    as user-level DP sums, without amplification (server-added noise).
 :mod:`~secrelay.privacy.plan`
     ``PrivacyPlan``: the privacy problems of a config (checked before data loads),
     composition into a ``FederatedLoop`` at build time, and the records a round

@@ -93,6 +93,9 @@ from protocols.dp import (
     clip_by_l2_norm,
     gaussian_mechanism,
     make_generator,
+    noisy_clipped_fraction,
+    quantile_clip_update,
+    update_noise_multiplier,
 )
 from protocols.dp.rng import RandomGenerator
 from protocols.errors import InvalidParameterError
@@ -105,6 +108,7 @@ __all__ = [
     "NOISED_NAME",
     "PACKED_NAME",
     "WEIGHT_NAME",
+    "AdaptiveClipping",
     "CentralGaussianSum",
     "ClipUpdate",
     "UserLevelDPSum",
@@ -145,6 +149,33 @@ class ClipUpdate(UpdateTransform):
 
     def apply(self, delta: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
         return clip_by_l2_norm(delta, clipping_norm=self.clipping_norm)
+
+
+@dataclass(frozen=True)
+class AdaptiveClipping:
+    """Quantile-based adaptive clipping (Andrew et al. 2021) for :class:`CentralGaussianSum`.
+
+    The clipping norm starts at the wrapper's ``clipping_norm`` C_0 and moves each round
+    towards the ``target_quantile`` γ of the participants' update norms,
+    C ← C·exp(−η (b̄ − γ)) with ``learning_rate`` η, from the noisy fraction b̄ of
+    updates with norm <= C (count noise ``count_stddev`` σ_b; the paper suggests
+    expected participants / 20). The update noise is raised to
+    z_Δ = (z^{-2} − (σ_b/s)^{-2}/4)^{-1/2} (s the count's sensitivity: ½ for the centred
+    bits under add/remove, 1 under replace-one) so that the round still spends
+    ``GaussianEvent(z)`` (:mod:`protocols.dp.adaptive_clip`).
+    """
+
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    count_stddev: float = 1.25
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.target_quantile, (int, float)) and 0 < self.target_quantile < 1):
+            raise InvalidParameterError(
+                f"`target_quantile` must be in (0, 1); got {self.target_quantile!r}"
+            )
+        _positive("learning_rate", self.learning_rate)
+        _positive("count_stddev", self.count_stddev)
 
 
 def fedavg_spec(clipping_norm: float, dimension: int | None = None) -> ReleaseSpec:
@@ -421,6 +452,7 @@ class CentralGaussianSum(UserLevelDPSum):
         seed: int = 0,
         randomness: Randomness = "secure",
         spec: ReleaseSpec | None = None,
+        adaptive: AdaptiveClipping | None = None,
     ) -> None:
         super().__init__(
             noise_multiplier=noise_multiplier,
@@ -431,6 +463,13 @@ class CentralGaussianSum(UserLevelDPSum):
             randomness=randomness,
             spec=spec,
         )
+        if adaptive is not None and not isinstance(adaptive, AdaptiveClipping):
+            raise InvalidParameterError(f"`adaptive` must be an AdaptiveClipping; got {adaptive!r}")
+        if adaptive is not None and [n for n, _ in self.spec.noised] != [NOISED_NAME]:
+            raise InvalidParameterError(
+                "adaptive clipping tracks the norm of one noised update 'delta'; the release "
+                f"spec noises {[n for n, _ in self.spec.noised]}"
+            )
         if sampling not in ("poisson", "fixed"):
             raise InvalidParameterError(
                 f"`sampling` must be 'poisson' or 'fixed'; got {sampling!r}"
@@ -449,6 +488,16 @@ class CentralGaussianSum(UserLevelDPSum):
             # Replace-one: another device fills a removed device's slot (module doc).
             self.adjacency = "replace_one"
             self.sensitivity = 2.0 * self.spec.sensitivity(self.clipping_norm)
+        self.adaptive = adaptive
+        self.current_clip = self.clipping_norm
+        self.clip_history: list[float] = []
+        self.update_noise_multiplier = self.noise_multiplier
+        if adaptive is not None:
+            # The count's sensitivity: ½ for centred bits (add/remove), 1 (replace-one).
+            s = 0.5 if sampling == "poisson" else 1.0
+            self.update_noise_multiplier = update_noise_multiplier(
+                noise_multiplier=self.noise_multiplier, count_stddev=adaptive.count_stddev / (2 * s)
+            )
 
     @property
     def expected_participants(self) -> float:
@@ -493,6 +542,12 @@ class CentralGaussianSum(UserLevelDPSum):
         *,
         dropouts: Mapping[int, str] | None = None,
     ) -> SumResult:
+        clip = self.current_clip
+        norms: dict[int, float] = {}
+        if self.adaptive is not None:
+            # Device side: clip to the current C_t and rescale to C_0's units, so the
+            # packed sum keeps sensitivity C_0 (unscaled after the noise).
+            contributions, norms = self._clip_adaptively(contributions, clip)
         packed, shapes = pack_contributions(contributions, self.spec, self.clipping_norm)
         result = self.inner.aggregate(round, packed, channel, dropouts=dropouts)
         survivors = tuple(result.survivors)
@@ -506,11 +561,11 @@ class CentralGaussianSum(UserLevelDPSum):
             return SumResult({}, survivors)
         noisy, event = gaussian_mechanism(
             total,
-            noise_multiplier=self.noise_multiplier,
+            noise_multiplier=self.update_noise_multiplier,
             clipping_norm=self.sensitivity,
             generator=self._generator(round),
         )
-        assert event == GaussianEvent(noise_multiplier=self.noise_multiplier)
+        assert event == GaussianEvent(noise_multiplier=self.update_noise_multiplier)
         denominator = (
             self.expected_participants if self.sampling == "poisson" else float(len(survivors))
         )
@@ -523,7 +578,44 @@ class CentralGaussianSum(UserLevelDPSum):
             sample_rate=self.sample_rate if self.sampling == "poisson" else None,
         )
         sums = unpack_sum(noisy, self.spec, self.clipping_norm, shapes, denominator)
+        if self.adaptive is not None:
+            sums[NOISED_NAME] = sums[NOISED_NAME] * (clip / self.clipping_norm)
+            self._move_clip(round, [norms[d] for d in survivors if d in norms], denominator)
         return SumResult(sums, survivors, privacy_records=(record,), noise_only=not survivors)
+
+    def _clip_adaptively(
+        self, contributions: Mapping[int, Mapping[str, np.ndarray]], clip: float
+    ) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, float]]:
+        out: dict[int, dict[str, np.ndarray]] = {}
+        norms: dict[int, float] = {}
+        for dev, c in contributions.items():
+            if NOISED_NAME not in c:
+                out[dev] = dict(c)
+                continue
+            delta = np.asarray(c[NOISED_NAME], dtype=np.float64)
+            norms[dev] = float(np.linalg.norm(delta.ravel()))
+            clipped = clip_by_l2_norm(delta.ravel(), clipping_norm=clip).reshape(delta.shape)
+            out[dev] = {**c, NOISED_NAME: clipped * (self.clipping_norm / clip)}
+        return out, norms
+
+    def _move_clip(self, round: int, norms: Sequence[float], participants: float) -> None:
+        """The noisy clipped fraction of this round's survivors moves C (Andrew et al.)."""
+        assert self.adaptive is not None
+        frac = noisy_clipped_fraction(
+            np.asarray(norms, dtype=np.float64),
+            clipping_norm=self.current_clip,
+            count_stddev=self.adaptive.count_stddev,
+            participants=max(participants, 1.0),
+            generator=self._generator(round, 1),
+            centred=self.sampling == "poisson",
+        )
+        self.current_clip = quantile_clip_update(
+            self.current_clip,
+            clipped_fraction=frac,
+            target_quantile=self.adaptive.target_quantile,
+            learning_rate=self.adaptive.learning_rate,
+        )
+        self.clip_history.append(self.current_clip)
 
     def _empty_shapes(self, seen: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
         """Shapes of the noised names for a round nobody survived: those the
