@@ -6,7 +6,8 @@ name that needs it is used):
 - running: ``secrelay.simulate(method=..., strategy=..., privacy=..., data=...)``
   (no TOML), ``secrelay.run(config, run_dir)``, ``secrelay.resume(run_dir)``,
   ``secrelay.load_config(path)``; the privacy audit is
-  ``secrelay.audit.audit(run_dir)``;
+  ``secrelay.audit(run_dir)`` (an ``AuditReport``; also
+  ``from secrelay.audit import audit``);
 - extending (``docs/architecture.md``, ``examples/extending/``): the base classes
   ``Method`` (with ``LoopMethod``, ``RunContext``), ``Strategy``, ``CTRModel`` and
   ``PrivacyAccountant``, and their registries' ``register_method``,
@@ -52,10 +53,16 @@ _LAZY = {
     "PrivacyAccountant": "protocols.dp",
     "register_accountant": "protocols.dp",
     "PrivacyPlan": "secrelay.privacy.plan",
+    "AuditReport": "secrelay.auditing",
+    "AuditError": "secrelay.auditing",
 }
 
 
 def __getattr__(name: str) -> Any:
+    if name == "audit":  # the module is callable: secrelay.audit(run_dir)
+        import importlib
+
+        return importlib.import_module("secrelay.audit")
     if name in _LAZY:
         import importlib
 
@@ -64,6 +71,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AuditError",
+    "AuditReport",
     "BudgetExceededError",
     "CTRDataset",
     "CTRModel",
@@ -84,6 +93,7 @@ __all__ = [
     "Strategy",
     "UnsupportedEventError",
     "__version__",
+    "audit",
     "exit_code",
     "load_config",
     "read_toml",

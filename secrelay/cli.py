@@ -248,6 +248,39 @@ def _report(result: object) -> None:
         rows.append((f"after round {result.records[-1]['round']}", result.records[-1]))
     out.print(_metrics_table(f"run {result.run_dir}", rows))
     out.print(f"metrics: {result.run_dir / 'metrics.jsonl'}")
+    _write_report(result.run_dir)
+
+
+def _write_report(run_dir: Path) -> None:
+    """Write the run report; a failure to write it is a warning, not a lost run."""
+    from secrelay.report import write_report
+
+    try:
+        files = write_report(run_dir)
+    except (SecrelayError, OSError) as e:
+        console.print(Text.assemble(("warning: ", "bold yellow"), f"no run report: {e}"))
+        return
+    out.print(f"report: {files.html} (Markdown: {files.markdown.name})")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory (holds config.json).")],
+) -> None:
+    """The run report: RUN_DIR/report.html (self-contained) and report.md.
+
+    Configuration, metrics per round with plots, the ledger and ε over rounds, the
+    privacy contract filled in with this run's flows, and attack results where run.
+    """
+    from secrelay.report import write_report
+
+    try:
+        files = write_report(run_dir)
+    except SecrelayError as e:
+        _fail(e)
+        return
+    out.print(f"report: {files.html}")
+    out.print(f"markdown: {files.markdown} (figures alongside)")
 
 
 @app.command()
@@ -257,13 +290,25 @@ def demo(
     ] = "synthetic",
     path: Annotated[str | None, typer.Option(help="Data directory (movielens100k).")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/demo"),
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 10,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 6,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    epsilon: Annotated[
+        float, typer.Option(help="User-level ε of the protected pipeline (its budget too).")
+    ] = 8.0,
+    dp_sgd: Annotated[
+        bool,
+        typer.Option("--dp-sgd", help="Also run DP-SGD on the devices (example level, same ε)."),
+    ] = False,
     overwrite: Annotated[
         bool, typer.Option(help="Replace the runs already in the output directory.")
     ] = False,
 ) -> None:
-    """The compliance demo: relay learning from the cloud model to devices on the embedded data."""
+    """The compliance demo: protected relay learning against the non-private run and baselines.
+
+    Runs RelayRec with SecAgg+, user-level DP and the CKKS selector, RelayRec in the
+    clear, the cloud model and standalone fine-tuning; ends with accuracy, ε per unit,
+    what the server saw per flow, and the report's path.
+    """
     from secrelay.demo import run_demo
 
     try:
@@ -273,6 +318,8 @@ def demo(
             out_dir=out_dir,
             rounds=rounds,
             seed=seed,
+            epsilon=epsilon,
+            dp_sgd=dp_sgd,
             console=out,
             overwrite=overwrite,
         )
@@ -290,14 +337,18 @@ def audit(
         str, typer.Option(help="Second accountant shown for comparison ('' for none).")
     ] = "rdp",
 ) -> None:
-    """The privacy budget report: ε per device and global, δ, mechanisms, ε over rounds.
+    """The privacy report of a run, checked against the run: ε per unit (device users,
+    examples, pool users) against budgets, every flow with its protection, and the
+    empirical lower bound where the attack grid audited the run.
 
-    Writes RUN_DIR/audit.json, audit.md and audit_epsilon.png.
+    Fails (exit 3) when the privacy ledger is missing, truncated or corrupt against the
+    run's metrics, checkpoint and config. Writes RUN_DIR/audit.json, audit.md and
+    audit_epsilon.png.
     """
     from secrelay.audit import audit as run_audit
 
     try:
-        report = run_audit(
+        result = run_audit(
             run_dir,
             accountant=accountant,
             comparison=compare or None,
@@ -306,9 +357,15 @@ def audit(
     except SecrelayError as e:
         _fail(e)
         return
+    report = result.to_dict()
 
     def f(v: object) -> str:
         return "—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+    def budget(unit: str, a: str, value: object) -> str:
+        u = next(x for x in result.units if x.unit == unit)
+        shown = f(u.budget if u.budget is not None else value)
+        return shown + (" OVER BUDGET" if (unit, a) in result.over_budget else "")
 
     table = Table(title=f"privacy audit of {run_dir} (δ = {report['delta']:g})")
     for col in ("unit", "accountant", "ε (min)", "ε (median)", "ε (max)", "budget"):
@@ -317,7 +374,12 @@ def audit(
     for a in report["accountants"]:
         eps = user["epsilon"].get(a) if user.get("records") else None
         table.add_row(
-            "user (global)", a, "", "", f(eps) if eps is not None else "∞", f(user.get("budget"))
+            "user (global)",
+            a,
+            "",
+            "",
+            f(eps) if eps is not None else "∞",
+            budget("user", a, user.get("budget")),
         )
     adjacency = report.get("adjacency", {})
     pd = user.get("per_device")
@@ -340,16 +402,52 @@ def audit(
                 f(spent["min"]),
                 f(spent["median"]),
                 f(spent["max"]),
-                f(ex.get("budget")),
+                budget("example", a, ex.get("budget")),
+            )
+    pool = report["pool_user_level"]
+    for a in report["accountants"]:
+        spent = pool["epsilon"].get(a)
+        if spent:
+            table.add_row(
+                f"pool user ({pool['pool_users']} pool users)",
+                a,
+                f(spent["min"]),
+                f(spent["median"]),
+                f(spent["max"]),
+                "",
             )
     out.print(table)
+    for unit, a in result.over_budget:
+        u = next(x for x in result.units if x.unit == unit)
+        out.print(
+            f"OVER BUDGET: {unit}-level ε = {f(u.epsilon(a))} ({a}) exceeds the budget "
+            f"{f(u.budget)} ({u.budget_key})",
+            markup=False,
+        )
     for w in report.get("warnings", []):
         out.print(f"WARNING: {w}", markup=False)
+    for b in result.empirical:
+        out.print(
+            f"empirical ({b.attack}, {b.design}, {b.regime}): {b.unit}-level ε ≥ "
+            f"{b.epsilon_lower:.3f} against the accountant's {f(b.epsilon_upper)} for the "
+            f"audited release (run: {f(b.run_epsilon)})",
+            markup=False,
+        )
+    if not result.empirical:
+        out.print("empirical lower bound: not audited (no attack_audit.json)", markup=False)
     out.print(
         f"randomness: {report.get('randomness')}; adjacency: user "
         f"{adjacency.get('user') or '—'}, example {adjacency.get('example') or '—'}",
         markup=False,
     )
+    out.print(f"flows (evidence: {result.flow_evidence}):", markup=False)
+    for flow in result.flows:
+        mark = "PLAINTEXT" if flow.status == "plaintext" else flow.status
+        n = "" if flow.messages is None else f", {flow.messages} messages"
+        out.print(
+            f"  {flow.direction} {flow.name} ({flow.content}{n}): [{mark}] {flow.protection}",
+            markup=False,
+        )
     for m in report["mechanisms"]:
         share = "" if m["share"] is None else f", share {100 * m['share']:.0f} %"
         out.print(

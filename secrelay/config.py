@@ -173,10 +173,17 @@ class FederatedConfig:
     min_survivors: int = 1
     on_abort: Literal["raise", "skip"] = "raise"
     eval_every: int = 1
+    # Evaluate on a fixed sample of this many devices (drawn once from run.seed);
+    # 0 = every device. A lazy population's server then reads only these devices' rows.
+    eval_devices: int = 0
 
     def __post_init__(self) -> None:
         if self.rounds < 0:
             raise ConfigError(f"federated.rounds must be >= 0; got {self.rounds}")
+        if self.eval_devices < 0:
+            raise ConfigError(
+                f"federated.eval_devices must be >= 0 (0 = every device); got {self.eval_devices}"
+            )
 
 
 @dataclass(frozen=True)
@@ -213,6 +220,15 @@ class PrivacyConfig:
     makes a device's small query releases (LCFT's local-CTR query) ε-LDP at
     ``query_ldp_epsilon``. Unset (``None``) numbers are not used.
 
+    ``user_mechanism`` picks the user-level release (``docs/dp.md``): ``"gaussian"``
+    (DP-FedAvg above), ``"dp_ftrl"`` (tree aggregation; ``tree_efficient``,
+    ``tree_restart_every``) or ``"banded_mf"`` (``bands``); the last two add server noise
+    correlated across rounds, claim no amplification, and count a device in at most
+    ``max_participations`` rounds ``min_separation`` apart (0: the public reproducible
+    schedule's worst device). ``adaptive_clip`` moves the clipping norm (starting at
+    ``clipping_norm``) towards the ``target_quantile`` of update norms at rate
+    ``clip_lr``, from a count noised at ``clip_count_stddev`` (central Gaussian only).
+
     ``randomness`` is where the randomness the guarantees rest on comes from:
     ``"secure"`` (default) draws DP noise, DP-SGD's sampling and noise, the device
     sample of every round and the SecAgg keys from OS entropy, never from
@@ -220,6 +236,13 @@ class PrivacyConfig:
     research reruns, and the guarantee then holds only against parties who do not
     know ``run.seed`` (the audit says so). Training order, data splits and the cloud
     phase follow ``run.seed`` in both modes. It replaces ``secure_noise``.
+
+    ``secagg_active_security`` picks the threat model of ``secure_aggregation``:
+    ``true`` (default) runs the malicious-server protocol (authenticated key
+    advertisements, the consistency check, the surviving-graph rule; it needs a
+    quorum of about (n + t)/2 devices alive at the consistency check), ``false``
+    the cheaper honest-but-curious protocol, whose guarantees hold only if the
+    server follows the protocol (the audit says so); ``docs/secagg.md``.
     """
 
     secure_aggregation: bool = False
@@ -227,6 +250,7 @@ class PrivacyConfig:
     secagg_default_bound: float = 1e4
     secagg_neighbours: int = 0
     secagg_sign_advertisements: bool = False
+    secagg_active_security: bool = True
     options: dict[str, Any] = field(default_factory=dict)
     dp_sgd: bool = False
     user_level_dp: bool = False
@@ -248,6 +272,24 @@ class PrivacyConfig:
     randomness: Literal["secure", "reproducible"] = "secure"
     query_ldp: Literal["off", "gaussian", "randomized_response"] = "off"
     query_ldp_epsilon: float | None = None
+    # User-level release mechanism (docs/dp.md, issue 17 B): "gaussian" (DP-FedAvg),
+    # "dp_ftrl" (tree aggregation, Kairouz et al. 2021) or "banded_mf" (banded matrix
+    # factorization with ``bands`` b, Choquette-Choo et al. 2023); the last two add
+    # server noise correlated across rounds and claim no amplification. They count a
+    # device in at most ``max_participations`` rounds (0: no limit, z from the public
+    # reproducible schedule) at least ``min_separation`` apart.
+    user_mechanism: Literal["gaussian", "dp_ftrl", "banded_mf"] = "gaussian"
+    bands: int = 1
+    tree_efficient: bool = True
+    tree_restart_every: int = 0
+    max_participations: int = 0
+    min_separation: int = 1
+    # Adaptive clipping at a target quantile (Andrew et al. 2021; central "gaussian"
+    # only): clip_count_stddev σ_b of the noisy count (None: expected participants / 20).
+    adaptive_clip: bool = False
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    clip_count_stddev: float | None = None
     # Homomorphic encryption (CKKS) of RelayRec's selector query and CoDA's matching
     # (docs/he.md); a method that has no such flow refuses them.
     he_selector: bool = False
@@ -333,6 +375,7 @@ class PrivacyConfig:
             for name in ("local_noise_multiplier", "local_target_epsilon", "example_epsilon"):
                 if getattr(self, name) is not None:
                     problems.append(f"privacy.{name} is set but privacy.dp_sgd is false")
+        problems.extend(self._mechanism_problems())
         if self.num_colluders and not (self.user_level_dp and self.secure_aggregation):
             problems.append(
                 "privacy.num_colluders applies to distributed noise only "
@@ -340,8 +383,56 @@ class PrivacyConfig:
             )
         return problems
 
+    def _mechanism_problems(self) -> list[str]:
+        """Problems of the user-level mechanism and adaptive-clipping keys."""
+        problems: list[str] = []
+        correlated = self.user_mechanism in ("dp_ftrl", "banded_mf")
+        if self.user_mechanism != "gaussian" and not self.user_level_dp:
+            problems.append(
+                f"privacy.user_mechanism = {self.user_mechanism!r} needs privacy.user_level_dp"
+            )
+        if self.bands < 1:
+            problems.append(f"privacy.bands must be >= 1; got {self.bands}")
+        if self.bands != 1 and self.user_mechanism != "banded_mf":
+            problems.append("privacy.bands applies to privacy.user_mechanism = 'banded_mf' only")
+        if self.tree_restart_every < 0:
+            problems.append(
+                f"privacy.tree_restart_every must be >= 0 (0: one tree); got {self.tree_restart_every}"
+            )
+        if self.max_participations < 0 or self.min_separation < 1:
+            problems.append(
+                "privacy.max_participations must be >= 0 and privacy.min_separation >= 1; got "
+                f"{self.max_participations}, {self.min_separation}"
+            )
+        if not correlated and (self.max_participations or self.min_separation != 1):
+            problems.append(
+                "privacy.max_participations / min_separation apply to privacy.user_mechanism "
+                "'dp_ftrl' or 'banded_mf' only"
+            )
+        if not 0 < self.target_quantile < 1:
+            problems.append(
+                f"privacy.target_quantile must be in (0, 1); got {self.target_quantile}"
+            )
+        if not (math.isfinite(self.clip_lr) and self.clip_lr > 0):
+            problems.append(f"privacy.clip_lr must be a finite number > 0; got {self.clip_lr}")
+        if self.clip_count_stddev is not None and not (
+            math.isfinite(self.clip_count_stddev) and self.clip_count_stddev > 0
+        ):
+            problems.append(
+                f"privacy.clip_count_stddev must be a finite number > 0; got {self.clip_count_stddev}"
+            )
+        if self.adaptive_clip and not (
+            self.user_level_dp and self.user_mechanism == "gaussian" and not self.secure_aggregation
+        ):
+            problems.append(
+                "privacy.adaptive_clip needs privacy.user_level_dp with user_mechanism = "
+                "'gaussian' and central noise (privacy.secure_aggregation = false)"
+            )
+        return problems
+
     def __post_init__(self) -> None:
         for name in (
+            "clip_count_stddev",
             "user_epsilon",
             "example_epsilon",
             "noise_multiplier",

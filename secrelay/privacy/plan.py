@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from protocols.dp import (
+    GaussianEvent,
     LedgerRecord,
     Randomness,
     calibrate_noise_multiplier,
@@ -56,9 +57,19 @@ from secrelay.federated.loop import FederatedLoop, RoundConfig, sample_devices
 from secrelay.federated.release import ReleaseSpec
 from secrelay.federated.secure import SecureSum, SecureSumSettings
 from secrelay.federated.strategies import Strategy
+from secrelay.privacy.correlated_dp import (
+    CorrelatedNoiseSum,
+    make_correlated_noise,
+    planned_sensitivity_squared,
+)
 from secrelay.privacy.distributed_dp import DistributedGaussianSum
 from secrelay.privacy.dpsgd import DPSGDTrainer
-from secrelay.privacy.user_dp import CentralGaussianSum, ClipUpdate, UserLevelDPSum
+from secrelay.privacy.user_dp import (
+    AdaptiveClipping,
+    CentralGaussianSum,
+    ClipUpdate,
+    UserLevelDPSum,
+)
 from secrelay.training import TrainConfig
 
 __all__ = ["PrivacyPlan", "max_participations"]
@@ -160,6 +171,17 @@ class PrivacyPlan:
                 "is accounted with; every such round releases (the noise alone if nobody "
                 "took part): set federated.min_survivors = 1"
             )
+        p = self.privacy
+        if (
+            p.user_mechanism != "gaussian"
+            and p.max_participations == 0
+            and p.randomness == "secure"
+        ):
+            problems.append(
+                f"privacy.user_mechanism = {p.user_mechanism!r} under secure randomness needs "
+                "privacy.max_participations > 0 (the sample is not known before the run, so "
+                "the noise is calibrated to the enforced participation limit)"
+            )
         return problems
 
     def participations(
@@ -178,8 +200,9 @@ class PrivacyPlan:
         return max_participations(list(devices), config, seed=seed, rounds=rounds)
 
     def secure_settings(self) -> SecureSumSettings:
-        """The SecAgg+ graph settings of ``[privacy]``; keys from OS entropy unless
-        ``privacy.randomness = "reproducible"``."""
+        """The SecAgg+ settings of ``[privacy]``; keys from OS entropy unless
+        ``privacy.randomness = "reproducible"``; the malicious-server protocol unless
+        ``privacy.secagg_active_security = false``."""
         p = self.privacy
         return SecureSumSettings(
             default_bound=p.secagg_default_bound,
@@ -188,6 +211,7 @@ class PrivacyPlan:
             sign_advertisements=p.secagg_sign_advertisements,
             max_dropout_rate=max(0.1, self.dropout_rate),
             deterministic=p.randomness == "reproducible",
+            active_security=p.secagg_active_security,
         )
 
     def sum_protocol(self) -> SumProtocol:
@@ -295,7 +319,7 @@ class PrivacyPlan:
         if p.dp_sgd:
             trainer = self.dpsgd_trainer(trainer.config, participations=participations)
         transforms = inner.transforms  # type: ignore[attr-defined]
-        if p.user_level_dp:
+        if p.user_level_dp and not p.adaptive_clip:  # adaptive: the sum clips to C_t
             assert p.clipping_norm is not None
             transforms = (*transforms, ClipUpdate(float(p.clipping_norm)))
         private = dataclasses.replace(inner, trainer=trainer, transforms=transforms)  # type: ignore[type-var]
@@ -311,11 +335,20 @@ class PrivacyPlan:
         spec: ReleaseSpec,
         population: Sequence[int],
         rounds: int,
+        schedule: RoundConfig | None = None,
+        schedule_seed: int | None = None,
     ) -> UserLevelDPSum:
         """``base`` wrapped in the user-level DP sum of ``spec``; tells ``strategy``
-        the noise of each released name."""
+        the noise of each released name. ``schedule`` is the loop's sampling (the
+        public schedule of reproducible runs, for DP-FTRL / banded MF)."""
         p = self.privacy
         assert p.clipping_norm is not None
+        if p.user_mechanism != "gaussian":
+            correlated = self._correlated_sum(
+                base, spec, population, rounds, schedule, schedule_seed
+            )
+            strategy.set_release_noise(correlated.noise_std())
+            return correlated
         dimension = spec.dimension or int(next(iter(strategy.models.values())).size)
         z = self.user_noise_multiplier(
             population=len(population), dimension=dimension, rounds=rounds, spec=spec
@@ -324,25 +357,116 @@ class PrivacyPlan:
         if isinstance(base, SecureSum):
             wrapper = self._distributed_sum(z, spec, base)
         elif isinstance(base, PlaintextSum):
-            wrapper = CentralGaussianSum(
-                base,
-                noise_multiplier=z,
-                clipping_norm=float(p.clipping_norm),
-                delta=p.delta,
-                sampling=self.sampling,
-                sample_rate=self.sample_rate,
-                population=[int(d) for d in population],
-                run_id=self.run_id,
-                seed=self.seed,
-                randomness=p.randomness,
-                spec=spec,
-            )
+            try:
+                wrapper = CentralGaussianSum(
+                    base,
+                    noise_multiplier=z,
+                    clipping_norm=float(p.clipping_norm),
+                    delta=p.delta,
+                    sampling=self.sampling,
+                    sample_rate=self.sample_rate,
+                    population=[int(d) for d in population],
+                    run_id=self.run_id,
+                    seed=self.seed,
+                    randomness=p.randomness,
+                    spec=spec,
+                    adaptive=self._adaptive(len(population)),
+                )
+            except InvalidParameterError as exc:
+                if not p.adaptive_clip:
+                    raise
+                raise ConfigError(
+                    f"privacy.adaptive_clip with noise multiplier {z:.4g}: {exc} (set "
+                    "privacy.clip_count_stddev; default: expected participants / 20)"
+                ) from None
         else:
             raise ConfigError(
                 f"privacy.user_level_dp wraps PlaintextSum or SecureSum; got {type(base).__name__}"
             )
         strategy.set_release_noise(wrapper.noise_std())
         return wrapper
+
+    def _expected_participants(self, population: int) -> float:
+        if self.sampling == "poisson":
+            return self.sample_rate * population
+        return float(min(self.clients_per_round, population))
+
+    def _adaptive(self, population: int) -> AdaptiveClipping | None:
+        """``[privacy] adaptive_clip``: σ_b defaults to expected participants / 20."""
+        p = self.privacy
+        if not p.adaptive_clip:
+            return None
+        stddev = p.clip_count_stddev or self._expected_participants(population) / 20.0
+        return AdaptiveClipping(
+            target_quantile=p.target_quantile, learning_rate=p.clip_lr, count_stddev=stddev
+        )
+
+    def _correlated_sum(
+        self,
+        base: SumProtocol,
+        spec: ReleaseSpec,
+        population: Sequence[int],
+        rounds: int,
+        schedule: RoundConfig | None,
+        schedule_seed: int | None,
+    ) -> CorrelatedNoiseSum:
+        """DP-FTRL / banded MF (``privacy.user_mechanism``): server noise after the
+        (plaintext or secure) sum, z calibrated to the whole run's Gaussian."""
+        p = self.privacy
+        assert p.clipping_norm is not None
+        noise = make_correlated_noise(
+            p.user_mechanism,
+            bands=p.bands,
+            efficient=p.tree_efficient,
+            restart_every=p.tree_restart_every,
+        )
+        z = p.noise_multiplier
+        if z is None:
+            assert p.target_epsilon is not None
+            public: dict[int, list[int]] | None = None
+            if p.max_participations == 0 and p.randomness == "reproducible":
+                cfg = schedule or RoundConfig(
+                    clients_per_round=self.clients_per_round,
+                    sampling=self.sampling,
+                    sample_rate=self.sample_rate,
+                )
+                public = {}
+                for t in range(1, rounds + 1):
+                    seed = self.seed if schedule_seed is None else schedule_seed
+                    for d in sample_devices(list(population), cfg, seed=seed, round=t):
+                        public.setdefault(d, []).append(t)
+            try:
+                s2 = planned_sensitivity_squared(
+                    noise,
+                    rounds=rounds,
+                    max_participations=p.max_participations,
+                    min_separation=p.min_separation,
+                    schedule=public,
+                )
+            except InvalidParameterError as exc:
+                raise ConfigError(str(exc)) from None
+            delta, target = float(p.delta), float(p.target_epsilon)
+
+            def eps(z: float) -> float:
+                event = GaussianEvent(noise_multiplier=z / s2**0.5)
+                return make_accountant(p.accountant).compose(event).get_epsilon(delta=delta)
+
+            z = smallest_noise_within(eps, target_epsilon=target)
+        return CorrelatedNoiseSum(
+            base,
+            mechanism=noise,
+            noise_multiplier=float(z),
+            clipping_norm=float(p.clipping_norm),
+            delta=p.delta,
+            participants=self._expected_participants(len(population)),
+            population=[int(d) for d in population],
+            max_participations=p.max_participations,
+            min_separation=p.min_separation,
+            run_id=self.run_id,
+            seed=self.seed,
+            randomness=p.randomness,
+            spec=spec,
+        )
 
     def loop_problems(self, strategy: Strategy, program: ClientProgram) -> list[str]:
         """What stops this plan from applying to a loop of ``strategy`` and ``program``."""
@@ -434,7 +558,13 @@ class PrivacyPlan:
             spec = strategy.release_spec(float(p.clipping_norm))
             assert spec is not None
             base = self.private_sum(
-                base, strategy, spec=spec, population=sorted(devices), rounds=rounds
+                base,
+                strategy,
+                spec=spec,
+                population=sorted(devices),
+                rounds=rounds,
+                schedule=config,
+                schedule_seed=seed,
             )
         return FederatedLoop(
             strategy,
