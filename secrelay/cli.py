@@ -364,6 +364,9 @@ def audit(
 
     def budget(unit: str, a: str, value: object) -> str:
         u = next(x for x in result.units if x.unit == unit)
+        fig = next((x for x in u.figures if x.accountant == a), None)
+        if fig is not None and fig.budget is None and u.budget is not None:
+            return f"({f(u.budget)}: {result.accountant} only)"  # a calibration target
         shown = f(u.budget if u.budget is not None else value)
         return shown + (" OVER BUDGET" if (unit, a) in result.over_budget else "")
 
