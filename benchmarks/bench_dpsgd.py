@@ -32,12 +32,12 @@ parent process.
 Run everything in one session and print the table (median and fastest step, ratios
 to ``plain`` and ``plain-sparse``, memory)::
 
-    nice /work/venv/bin/python benchmarks/bench_dpsgd.py [--json out.json]
-    nice /work/venv/bin/python benchmarks/bench_dpsgd.py --table out.json  # reprint
+    nice python benchmarks/bench_dpsgd.py [--json out.json]
+    nice python benchmarks/bench_dpsgd.py --table out.json  # reprint
 
 or through pytest directly::
 
-    nice /work/venv/bin/python -m pytest benchmarks/bench_dpsgd.py --benchmark-only \
+    nice python -m pytest benchmarks/bench_dpsgd.py --benchmark-only \
         --benchmark-json=out.json
 
 Environment: ``BENCH_DPSGD_THREADS`` (torch threads, default 1: the machine is

@@ -19,9 +19,9 @@ each operation single-threaded), one device at a time:
 
 Commands::
 
-    nice /work/venv/bin/python -m pytest benchmarks/bench_he.py --benchmark-only \\
+    nice python -m pytest benchmarks/bench_he.py --benchmark-only \\
         --benchmark-json=he.json -p no:cacheprovider
-    /work/venv/bin/python benchmarks/bench_he.py --table he.json   # the table in docs/results.md
+    python benchmarks/bench_he.py --table he.json   # the table in docs/results.md
 
 Environment: ``BENCH_HE_ROUNDS`` (timed rounds per case, default 5).
 """
