@@ -34,6 +34,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ from protocols.errors import InvalidParameterError
 
 __all__ = [
     "CorrelatedNoise",
+    "CorrelatedRunEvent",
     "gaussian_increment",
     "stream_sensitivity_squared",
 ]
@@ -98,6 +100,64 @@ class CorrelatedNoise(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         """Restore :meth:`state_dict`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorrelatedRunEvent(DpEvent):
+    """A whole run of a correlated-noise mechanism: noise z per released row over
+    ``steps`` rounds, each device in at most ``max_participations`` rounds at least
+    ``min_separation`` apart. Accounted as the Gaussian mechanism it is,
+    ``GaussianEvent(z / √S)`` with S the mechanism's squared-sensitivity bound (no
+    amplification). Subclasses name the mechanism (:meth:`noise`) and add its
+    parameters."""
+
+    noise_multiplier: float
+    steps: int
+    max_participations: int = 1
+    min_separation: int = 1
+
+    def __post_init__(self) -> None:
+        z = check_real("noise_multiplier", self.noise_multiplier, low=0.0, low_open=True)
+        object.__setattr__(self, "noise_multiplier", z)
+        object.__setattr__(self, "steps", check_int("steps", self.steps, low=1))
+        k = check_int("max_participations", self.max_participations, low=1)
+        object.__setattr__(self, "max_participations", k)
+        object.__setattr__(
+            self, "min_separation", check_int("min_separation", self.min_separation, low=1)
+        )
+
+    @abc.abstractmethod
+    def noise(self) -> CorrelatedNoise:
+        """A fresh instance of the mechanism whose run this event accounts."""
+
+    @property
+    def sensitivity_squared(self) -> float:
+        """S, the squared L2 sensitivity of the whole run in units of Δ²."""
+        return self.noise().sensitivity_bound(
+            steps=self.steps,
+            max_participations=self.max_participations,
+            min_separation=self.min_separation,
+        )
+
+    def gaussian_equivalent(self) -> GaussianEvent:
+        """The Gaussian mechanism of the whole run: ``GaussianEvent(z / √S)``."""
+        return GaussianEvent(
+            noise_multiplier=self.noise_multiplier / math.sqrt(self.sensitivity_squared)
+        )
+
+    def _parameters(self) -> dict[str, Any]:
+        """The subclass's own parameters, for :meth:`to_dict`."""
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "noise_multiplier": self.noise_multiplier,
+            "steps": self.steps,
+            "max_participations": self.max_participations,
+            "min_separation": self.min_separation,
+            **self._parameters(),
+        }
 
 
 def stream_sensitivity_squared(

@@ -33,9 +33,8 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from protocols.dp._validation import check_int, check_real
-from protocols.dp.correlated import CorrelatedNoise, _check_rounds
-from protocols.dp.events import DpEvent, GaussianEvent
+from protocols.dp._validation import check_int
+from protocols.dp.correlated import CorrelatedNoise, CorrelatedRunEvent, _check_rounds
 from protocols.dp.rng import RandomGenerator
 from protocols.errors import InvalidParameterError
 
@@ -189,8 +188,8 @@ class BandedMatrixNoise(CorrelatedNoise):
         self._recent = [np.asarray(v, dtype=np.float64).copy() for v in recent]
 
 
-@dataclass(frozen=True)
-class BandedMatrixEvent(DpEvent):
+@dataclass(frozen=True, kw_only=True)
+class BandedMatrixEvent(CorrelatedRunEvent):
     """A whole banded-MF run: noise z per released row over ``steps`` rounds, accounted
     as ``GaussianEvent(z / √S)`` with S from :meth:`BandedMatrixNoise.sensitivity_bound`
     (no amplification).
@@ -202,44 +201,14 @@ class BandedMatrixEvent(DpEvent):
     """
 
     kind: ClassVar[str] = "banded_matrix"
-    noise_multiplier: float
-    steps: int
     bands: int
-    max_participations: int = 1
-    min_separation: int = 1
 
     def __post_init__(self) -> None:
-        z = check_real("noise_multiplier", self.noise_multiplier, low=0.0, low_open=True)
-        object.__setattr__(self, "noise_multiplier", z)
-        object.__setattr__(self, "steps", check_int("steps", self.steps, low=1))
+        super().__post_init__()
         object.__setattr__(self, "bands", check_int("bands", self.bands, low=1))
-        k = check_int("max_participations", self.max_participations, low=1)
-        object.__setattr__(self, "max_participations", k)
-        object.__setattr__(
-            self, "min_separation", check_int("min_separation", self.min_separation, low=1)
-        )
 
-    @property
-    def sensitivity_squared(self) -> float:
-        """S in units of Δ²."""
-        return BandedMatrixNoise(bands=self.bands).sensitivity_bound(
-            steps=self.steps,
-            max_participations=self.max_participations,
-            min_separation=self.min_separation,
-        )
+    def noise(self) -> BandedMatrixNoise:
+        return BandedMatrixNoise(bands=self.bands)
 
-    def gaussian_equivalent(self) -> GaussianEvent:
-        """The Gaussian mechanism of the whole run."""
-        return GaussianEvent(
-            noise_multiplier=self.noise_multiplier / math.sqrt(self.sensitivity_squared)
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": self.kind,
-            "noise_multiplier": self.noise_multiplier,
-            "steps": self.steps,
-            "bands": self.bands,
-            "max_participations": self.max_participations,
-            "min_separation": self.min_separation,
-        }
+    def _parameters(self) -> dict[str, Any]:
+        return {"bands": self.bands}

@@ -47,9 +47,8 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from protocols.dp._validation import check_int, check_real
-from protocols.dp.correlated import CorrelatedNoise, _check_rounds
-from protocols.dp.events import DpEvent, GaussianEvent
+from protocols.dp._validation import check_int
+from protocols.dp.correlated import CorrelatedNoise, CorrelatedRunEvent, _check_rounds
 from protocols.dp.rng import RandomGenerator
 from protocols.errors import InvalidParameterError
 
@@ -223,8 +222,8 @@ class TreeAggregationNoise(CorrelatedNoise):
         self._stack = [(int(lv), np.asarray(v, dtype=np.float64).copy()) for lv, v in stack]
 
 
-@dataclass(frozen=True)
-class TreeAggregationEvent(DpEvent):
+@dataclass(frozen=True, kw_only=True)
+class TreeAggregationEvent(CorrelatedRunEvent):
     """A whole DP-FTRL run: tree-aggregation noise z per node over ``steps`` rounds.
 
     Accounted as the Gaussian mechanism it is (:meth:`gaussian_equivalent`): noise
@@ -241,46 +240,16 @@ class TreeAggregationEvent(DpEvent):
     """
 
     kind: ClassVar[str] = "tree_aggregation"
-    noise_multiplier: float
-    steps: int
-    max_participations: int = 1
-    min_separation: int = 1
     restart_every: int | None = None
 
     def __post_init__(self) -> None:
-        z = check_real("noise_multiplier", self.noise_multiplier, low=0.0, low_open=True)
-        object.__setattr__(self, "noise_multiplier", z)
-        object.__setattr__(self, "steps", check_int("steps", self.steps, low=1))
-        k = check_int("max_participations", self.max_participations, low=1)
-        object.__setattr__(self, "max_participations", k)
-        object.__setattr__(
-            self, "min_separation", check_int("min_separation", self.min_separation, low=1)
-        )
+        super().__post_init__()
         if self.restart_every is not None:
             r = check_int("restart_every", self.restart_every, low=1)
             object.__setattr__(self, "restart_every", r)
 
-    @property
-    def sensitivity_squared(self) -> float:
-        """S, the squared L2 sensitivity of the whole run in units of Δ²."""
-        return TreeAggregationNoise(restart_every=self.restart_every).sensitivity_bound(
-            steps=self.steps,
-            max_participations=self.max_participations,
-            min_separation=self.min_separation,
-        )
+    def noise(self) -> TreeAggregationNoise:
+        return TreeAggregationNoise(restart_every=self.restart_every)
 
-    def gaussian_equivalent(self) -> GaussianEvent:
-        """The Gaussian mechanism of the whole run: ``GaussianEvent(z / √S)``."""
-        return GaussianEvent(
-            noise_multiplier=self.noise_multiplier / math.sqrt(self.sensitivity_squared)
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": self.kind,
-            "noise_multiplier": self.noise_multiplier,
-            "steps": self.steps,
-            "max_participations": self.max_participations,
-            "min_separation": self.min_separation,
-            "restart_every": self.restart_every,
-        }
+    def _parameters(self) -> dict[str, Any]:
+        return {"restart_every": self.restart_every}
