@@ -45,7 +45,7 @@ from protocols.he import (
 )
 from secrelay.federated.messages import SERVER, QueryMessage, ReplyMessage
 from secrelay.federated.transcript import Channel
-from secrelay.relay.relayrec.selector import SelectorArrays, class_weights, selector_inputs
+from secrelay.relay.relayrec.selector import SelectorArrays, fit_selector_net, selector_inputs
 
 __all__ = [
     "HE_CONTEXT_TOPIC",
@@ -112,23 +112,10 @@ def train_square_selector(
         with torch.no_grad():
             l1.weight.mul_(0.5)
         net = nn.Sequential(l1, _Square(), l2)
-    xt = torch.from_numpy((x - mean) / scale).float()
-    yt = torch.from_numpy(y)
-    weight = torch.from_numpy(class_weights(y, num_outputs)).float() if balance else None
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    for _ in range(epochs):
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(net(xt), yt, weight=weight)
-        loss.backward()  # type: ignore[no-untyped-call]
-        opt.step()
-    weights = SquareSelectorWeights(
-        mean=mean,
-        scale=scale,
-        w1=l1.weight.detach().double().numpy().T.copy(),
-        b1=l1.bias.detach().double().numpy().copy(),
-        w2=l2.weight.detach().double().numpy().T.copy(),
-        b2=l2.bias.detach().double().numpy().copy(),
+    arrays = fit_selector_net(
+        net, (x - mean) / scale, y, num_outputs=num_outputs, epochs=epochs, lr=lr, balance=balance
     )
+    weights = SquareSelectorWeights(mean=mean, scale=scale, **arrays)
     acc = float((square_selector_logits(weights, x).argmax(axis=1) == y).mean())
     return weights, acc
 

@@ -304,7 +304,29 @@ def train_selector(
         net = nn.Sequential(
             nn.Linear(x.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, num_outputs)
         )
-    xt = torch.from_numpy((x - mean) / scale).float()
+    arrays = fit_selector_net(
+        net, (x - mean) / scale, y, num_outputs=num_outputs, epochs=epochs, lr=lr, balance=balance
+    )
+    weights = SelectorWeights(mean=mean, scale=scale, **arrays)
+    acc = float((selector_logits(weights, x).argmax(axis=1) == y).mean())
+    return weights, acc
+
+
+def fit_selector_net(
+    net: nn.Sequential,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    num_outputs: int,
+    epochs: int,
+    lr: float,
+    balance: bool,
+) -> dict[str, np.ndarray]:
+    """Train a two-layer selector ``net`` (first and last modules linear) on
+    standardised inputs ``x`` with cross-entropy (full batch, Adam; cluster-balanced
+    with ``balance``) and return its ``w1, b1, w2, b2`` as float64 arrays
+    (``x @ w1 + b1``)."""
+    xt = torch.from_numpy(x).float()
     yt = torch.from_numpy(y)
     weight = torch.from_numpy(class_weights(y, num_outputs)).float() if balance else None
     opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -313,15 +335,11 @@ def train_selector(
         loss = nn.functional.cross_entropy(net(xt), yt, weight=weight)
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
-    l1, l2 = net[0], net[2]
+    l1, l2 = net[0], net[-1]
     assert isinstance(l1, nn.Linear) and isinstance(l2, nn.Linear)
-    weights = SelectorWeights(
-        mean=mean,
-        scale=scale,
-        w1=l1.weight.detach().double().numpy().T.copy(),
-        b1=l1.bias.detach().double().numpy().copy(),
-        w2=l2.weight.detach().double().numpy().T.copy(),
-        b2=l2.bias.detach().double().numpy().copy(),
-    )
-    acc = float((selector_logits(weights, x).argmax(axis=1) == y).mean())
-    return weights, acc
+    return {
+        "w1": l1.weight.detach().double().numpy().T.copy(),
+        "b1": l1.bias.detach().double().numpy().copy(),
+        "w2": l2.weight.detach().double().numpy().T.copy(),
+        "b2": l2.bias.detach().double().numpy().copy(),
+    }
