@@ -29,6 +29,7 @@ from secrelay.federated.secure import SecureSum, SecureSumSettings
 from secrelay.federated.strategies import Strategy, make_strategy
 from secrelay.methods.cloud import make_train_config, model_spec_from
 from secrelay.methods.data import PreparedData, prepare_data
+from secrelay.methods.loop import round_config_from
 from secrelay.privacy.plan import PrivacyPlan
 from secrelay.privacy.user_dp import UserLevelDPSum
 
@@ -112,16 +113,7 @@ class FlowerJob:
 
     def round_config(self) -> RoundConfig:
         """The ``[federated]`` sampling settings (as :class:`FederatedMethod` uses them)."""
-        fed = self.config.federated
-        return RoundConfig(
-            clients_per_round=fed.clients_per_round,
-            sampling=fed.sampling,
-            sample_rate=fed.sample_rate,
-            dropout_rate=fed.dropout_rate,
-            min_survivors=fed.min_survivors,
-            on_abort=fed.on_abort,
-            eval_every=fed.eval_every,
-        )
+        return round_config_from(self.config.federated)
 
     def strategy(self, models: Mapping[str, np.ndarray] | None = None) -> Strategy:
         """A fresh strategy, initialised with ``models`` (default: zeros of the model's

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from protocols.dp.ledger import LedgerRecord
+from secrelay.config import FederatedConfig
 from secrelay.federated.aggregation import SumProtocol
 from secrelay.federated.client import ClientProgram
 from secrelay.federated.loop import FederatedLoop, RoundConfig, RoundRecord
@@ -18,7 +19,24 @@ from secrelay.federated.strategies import Strategy
 from secrelay.methods.base import Method
 from secrelay.privacy.plan import PrivacyPlan
 
-__all__ = ["LoopMethod"]
+__all__ = ["LoopMethod", "round_config_from"]
+
+
+def round_config_from(fed: FederatedConfig, **overrides: Any) -> RoundConfig:
+    """The loop's :class:`RoundConfig` from ``[federated]``'s sampling, dropout and
+    evaluation settings, with ``overrides``."""
+    settings: dict[str, Any] = dict(
+        clients_per_round=fed.clients_per_round,
+        sampling=fed.sampling,
+        sample_rate=fed.sample_rate,
+        dropout_rate=fed.dropout_rate,
+        min_survivors=fed.min_survivors,
+        on_abort=fed.on_abort,
+        eval_every=fed.eval_every,
+        eval_devices=fed.eval_devices,
+    )
+    settings.update(overrides)
+    return RoundConfig(**settings)
 
 
 class LoopMethod(Method):
@@ -35,19 +53,7 @@ class LoopMethod(Method):
 
     def round_config(self, **overrides: Any) -> RoundConfig:
         """The ``[federated]`` sampling, dropout and evaluation settings."""
-        fed = self.ctx.config.federated
-        settings: dict[str, Any] = dict(
-            clients_per_round=fed.clients_per_round,
-            sampling=fed.sampling,
-            sample_rate=fed.sample_rate,
-            dropout_rate=fed.dropout_rate,
-            min_survivors=fed.min_survivors,
-            on_abort=fed.on_abort,
-            eval_every=fed.eval_every,
-            eval_devices=fed.eval_devices,
-        )
-        settings.update(overrides)
-        return RoundConfig(**settings)
+        return round_config_from(self.ctx.config.federated, **overrides)
 
     def build_loop(
         self,
