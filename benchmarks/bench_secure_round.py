@@ -13,9 +13,12 @@ session. Also reports the secure sum alone on random vectors of the same size
 Run: pytest benchmarks/bench_secure_round.py --benchmark-columns=mean,stddev,min,rounds
 
 On a shared machine time in CPU time (``--benchmark-timer=time.process_time``) and
-read the overhead from ``test_fedavg_round_interleaved``, which alternates the two
-protocols round by round (``--benchmark-json``: ``extra_info.malicious_over_honest``);
-the separate per-protocol tests run one after the other and drift with the load.
+read the overhead from ``test_fedavg_round_interleaved``, which rotates the
+honest-but-curious protocol, the malicious one and the malicious one with
+``vote_slack = 0`` round by round (``--benchmark-json``:
+``extra_info.over_honest_median_ratio``); the separate per-protocol tests run one
+after the other and drift with the load. ``SECURE_ROUND_EPOCHS=5`` trains 5 local
+epochs instead of 1 (the examples train 3-5).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ ML100K = Path(
     os.environ.get("SECRELAY_ML100K", Path(__file__).resolve().parents[2] / "shared/data/ml-100k")
 )
 N_DEVICES = 100
+#: local epochs per round (``SECURE_ROUND_EPOCHS``; the examples train 3-5)
+LOCAL_EPOCHS = int(os.environ.get("SECURE_ROUND_EPOCHS", "1"))
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +61,15 @@ def setup():
 PROTOCOLS = ["plaintext", "secagg+ honest-but-curious", "secagg+ malicious"]
 
 
-def _sum_protocol(protocol):
+def _sum_protocol(protocol, vote_slack=None):
     if protocol == "plaintext":
         return PlaintextSum()
-    return SecureSum(SecureSumSettings(active_security=protocol.endswith("malicious")))
+    return SecureSum(
+        SecureSumSettings(active_security=protocol.endswith("malicious"), vote_slack=vote_slack)
+    )
 
 
-def _loop(setup, protocol: str, pool: str) -> FederatedLoop:
+def _loop(setup, protocol: str, pool: str, vote_slack=None) -> FederatedLoop:
     data, spec = setup
     devices = data.devices
     if pool == "same 100 devices":
@@ -70,7 +77,8 @@ def _loop(setup, protocol: str, pool: str) -> FederatedLoop:
     strategy = FedAvg()
     strategy.initialize({"global": np.zeros(spec.num_parameters(), dtype=np.float32)})
     program = strategy.client_program(
-        spec, PlainTrainer(TrainConfig(epochs=1, batch_size=32, lr=1e-3, optimizer="adam"))
+        spec,
+        PlainTrainer(TrainConfig(epochs=LOCAL_EPOCHS, batch_size=32, lr=1e-3, optimizer="adam")),
     )
     return FederatedLoop(
         strategy,
@@ -78,7 +86,7 @@ def _loop(setup, protocol: str, pool: str) -> FederatedLoop:
         devices,
         spec,
         config=RoundConfig(clients_per_round=N_DEVICES),
-        sum_protocol=_sum_protocol(protocol),
+        sum_protocol=_sum_protocol(protocol, vote_slack),
         channel=Channel(Transcript(keep_payloads=False)),
     )
 
@@ -99,33 +107,53 @@ def test_fedavg_round_100_devices(benchmark, setup, protocol, pool):
     )
 
 
+#: the protocols ``test_fedavg_round_interleaved`` rotates: name -> (protocol, vote_slack)
+INTERLEAVED = {
+    "honest-but-curious": ("secagg+ honest-but-curious", None),
+    "malicious": ("secagg+ malicious", None),
+    "malicious, vote_slack 0": ("secagg+ malicious", 0),
+}
+
+
 @pytest.mark.parametrize("pool", ["all devices", "same 100 devices"])
 def test_fedavg_round_interleaved(benchmark, setup, pool):
     """The overhead of the malicious-server protocol, robust to a shared machine:
-    one honest-but-curious and one malicious round alternate (the order swapped
-    every pair), each timed in CPU time of this process, so slow drifts of the
-    machine's load hit both alike. The benchmark times a pair; ``extra_info``
-    holds each protocol's per-round CPU seconds and the ratio of medians."""
-    names = ("secagg+ honest-but-curious", "secagg+ malicious")
-    loops = {name: _loop(setup, name, pool) for name in names}
+    an honest-but-curious round, a malicious one (default ``vote_slack``) and a
+    malicious one with ``vote_slack = 0`` (the fewest pairwise keys: votes to
+    exactly ``q - 1`` peers, a top-up pass when one drops) rotate, the order
+    shifted every triple, each timed in CPU time of this process, so slow drifts
+    of the machine's load hit all alike. The benchmark times a triple;
+    ``extra_info`` holds each protocol's per-round CPU seconds, the medians, and
+    the ratios of medians and mean paired differences to the honest-but-curious
+    round. Rounds: ``SECURE_ROUND_TRIPLES`` (default 8) after a warm-up triple."""
+    names = list(INTERLEAVED)
+    loops = {name: _loop(setup, proto, pool, slack) for name, (proto, slack) in INTERLEAVED.items()}
     times: dict[str, list[float]] = {name: [] for name in names}
     counter = iter(range(1, 10_000))
 
-    def pair() -> None:
+    def triple() -> None:
         r = next(counter)
-        for name in names if r % 2 else names[::-1]:
+        for name in names[r % 3 :] + names[: r % 3]:
             start = time.process_time()
             loops[name].run_round(r, evaluate=False)
             times[name].append(time.process_time() - start)
 
-    benchmark.pedantic(pair, rounds=5, warmup_rounds=1)
-    measured = {name: t[1:] for name, t in times.items()}  # without the warm-up pair
+    rounds = int(os.environ.get("SECURE_ROUND_TRIPLES", "8"))
+    benchmark.pedantic(triple, rounds=rounds, warmup_rounds=1)
+    measured = {name: np.array(t[1:]) for name, t in times.items()}  # without the warm-up
     medians = {name: float(np.median(t)) for name, t in measured.items()}
+    base = names[0]
+    benchmark.extra_info["local_epochs"] = LOCAL_EPOCHS
     benchmark.extra_info["cpu_s_per_round"] = {
-        n: [round(x, 4) for x in t] for n, t in measured.items()
+        n: [round(float(x), 4) for x in t] for n, t in measured.items()
     }
     benchmark.extra_info["median_cpu_s"] = medians
-    benchmark.extra_info["malicious_over_honest"] = medians[names[1]] / medians[names[0]]
+    benchmark.extra_info["over_honest_median_ratio"] = {
+        n: medians[n] / medians[base] for n in names[1:]
+    }
+    benchmark.extra_info["over_honest_paired_s"] = {
+        n: float((measured[n] - measured[base]).mean()) for n in names[1:]
+    }
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -207,6 +207,9 @@ class SecAggClient:
         self._c_key: X25519PrivateKey | None = None
         self._s_key: X25519PrivateKey | None = None
         self._directory: dict[int, AdvertiseKeys] = {}
+        # Neighbour → the key its share ciphertext to this client is sealed with
+        # (derived with the outbound key at share_keys: one agreement per peer).
+        self._inbound_keys: dict[int, bytes] = {}
         self._own_shares: tuple[int, int] = (0, 0)
         self._mask_seed = b""
         self._held: dict[int, tuple[int, int]] = {}
@@ -356,14 +359,17 @@ class SecAggClient:
                 f"survived (itself included); threshold {t}",
             )
         # Every key agreement can still fail: do them all before drawing anything.
-        channel_keys = {
-            peer: share_encryption_key(
-                x25519_exchange(self._loaded(self._c_key), ads[peer].encryption_key),
-                self._round_id,
-                self._id,
-                peer,
-            )
+        channel_secrets = {
+            peer: x25519_exchange(self._loaded(self._c_key), ads[peer].encryption_key)
             for peer in holders[1:]
+        }
+        channel_keys = {
+            peer: share_encryption_key(secret, self._round_id, self._id, peer)
+            for peer, secret in channel_secrets.items()
+        }
+        inbound_keys = {
+            peer: share_encryption_key(secret, self._round_id, peer, self._id)
+            for peer, secret in channel_secrets.items()
         }
         # Validation done: draw randomness and build the reply.
         mask_seed = self._rng.bytes(32)
@@ -381,6 +387,7 @@ class SecAggClient:
             ciphertexts.append((peer, aead_encrypt(key, plaintext, ad_bytes, self._rng)))
         reply = ShareKeys(self._round_id, self._id, tuple(ciphertexts)).to_bytes()
         self._directory = ads
+        self._inbound_keys = inbound_keys
         self._mask_seed = mask_seed
         self._own_shares = (seed_shares[self._id], key_shares[self._id])
         self._stage = Stage.MASKED_INPUT
@@ -404,18 +411,12 @@ class SecAggClient:
         self._check_addressing(delivery.round_id, delivery.receiver)
         held: dict[int, tuple[int, int]] = {}
         for sender, ct in delivery.ciphertexts:
-            ad = self._directory.get(sender)
-            if ad is None:
+            key = self._inbound_keys.get(sender)
+            if key is None:
                 raise MessageError(
                     f"client {self._id}: shares from client {sender}, which is not a "
                     "neighbour that advertised keys"
                 )
-            key = share_encryption_key(
-                x25519_exchange(self._loaded(self._c_key), ad.encryption_key),
-                self._round_id,
-                sender,
-                self._id,
-            )
             ad_bytes = associated_data(self._round_id, Stage.SHARE_KEYS.code, sender, self._id)
             plaintext = aead_decrypt(key, ct, ad_bytes)
             src, dst = struct.unpack_from(">II", plaintext)
@@ -468,8 +469,11 @@ class SecAggClient:
         recipient (every other survivor by default; the honest server names the
         voting peers of :func:`~protocols.secagg.graph.voting_peers`). Whom the
         tags go to cannot change which set they vouch for. It signs one survivor
-        set per round: the identical request is answered again, any other is
-        refused.
+        set per round: the identical request is answered again; a request for
+        the same sets with other recipients (the server's top-up pass, when some
+        voting peers dropped at the check) is answered with tags over the same
+        sets for those recipients, until the client unmasks; a request for any
+        other sets is refused.
 
         Parameters
         ----------
@@ -484,20 +488,37 @@ class SecAggClient:
         Raises
         ------
         MessageError
-            Malformed, misaddressed, or a second, different survivor set.
+            Malformed, misaddressed, a second, different survivor set, or more
+            recipients after the client has unmasked.
         ProtocolAbort
             The sets are impossible or unsafe (the client reveals nothing).
         """
         self._check_incoming(message, MessageType.CONSISTENCY_REQUEST)
         request = ConsistencyRequest.from_bytes(message)
         self._check_addressing(request.round_id, request.receiver)
-        if self._signed_request is not None:
-            if request != self._signed_request:
+        signed = self._signed_request
+        if signed is not None:
+            if request == signed:
+                return self._vote
+            if (request.n_clients, request.shared, request.survivors) != (
+                signed.n_clients,
+                signed.shared,
+                signed.survivors,
+            ):
                 raise MessageError(
                     f"client {self._id} refuses to sign a second, different survivor set: "
                     "it signs one set per round"
                 )
-            return self._vote
+            if self._revealed:
+                raise MessageError(
+                    f"client {self._id} has already unmasked: it casts no more votes"
+                )
+            # Top-up: the same vote (tags over the same sets) for more recipients.
+            tags = tuple(
+                (w, auth_tag(self._pairwise(w), self._signed_payload, self._id, w))
+                for w in request.vote_recipients()
+            )
+            return ConsistencyVote(self._round_id, self._id, tags).to_bytes()
         cfg = self._config
         stage = Stage.CONSISTENCY_CHECK
         if request.n_clients != cfg.n_clients:
@@ -717,6 +738,7 @@ class SecAggClient:
             self._s_sk,
             self._s_pk,
             tuple(sorted((k, v.to_bytes()) for k, v in self._directory.items())),
+            tuple(sorted(self._inbound_keys.items())),
             self._own_shares,
             self._mask_seed,
             tuple(sorted(self._held.items())),
@@ -773,7 +795,7 @@ class SecAggClient:
             and self._stage is Stage.UNMASKING
             and self._signed_request is not None
         ):
-            return msg_type  # a repeated request: answered again if identical
+            return msg_type  # a repeated request (answered if identical) or a top-up
         if msg_type is not want:
             expecting = f"a {want.name} message" if want else "no message (call advertise_keys())"
             raise MessageError(

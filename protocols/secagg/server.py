@@ -193,8 +193,11 @@ class SecAggServer:
         self._u2: frozenset[int] = frozenset()
         self._u3: frozenset[int] = frozenset()
         self._signatures: dict[int, ConsistencyVote] = {}
-        # Consistency check: the survivors each survivor exchanges votes with.
+        # Consistency check: the survivors each survivor exchanges votes with, and
+        # the top-up pass (extra recipients per voter, and their answers).
         self._vote_peers: dict[int, frozenset[int]] = {}
+        self._top_up: dict[int, tuple[int, ...]] = {}
+        self._top_up_votes: dict[int, ConsistencyVote] = {}
         self._result: AggregateResult | None = None
 
     def __repr__(self) -> str:
@@ -225,6 +228,8 @@ class SecAggServer:
         if stage is Stage.MASKED_INPUT:
             return self._u2 - set(self._masked)
         if stage is Stage.CONSISTENCY_CHECK:
+            if self._top_up:
+                return frozenset(self._top_up) - set(self._top_up_votes)
             return self._u3 - set(self._signatures)
         if stage is Stage.UNMASKING:
             return frozenset(self._requests) - set(self._responses)
@@ -344,17 +349,25 @@ class SecAggServer:
 
     def _validate_vote(self, message: bytes) -> _Commit:
         vote = ConsistencyVote.from_bytes(message)
-        self._check_sender(vote.round_id, vote.sender, self._u3, self._signatures)
         receivers = [peer for peer, _ in vote.tags]
-        expected = sorted(self._vote_peers[vote.sender])
+        if self._top_up:
+            store = self._top_up_votes
+            self._check_sender(vote.round_id, vote.sender, frozenset(self._top_up), store)
+            expected = list(self._top_up[vote.sender])
+            what = "extra recipients of the top-up pass"
+        else:
+            store = self._signatures
+            self._check_sender(vote.round_id, vote.sender, self._u3, store)
+            expected = sorted(self._vote_peers[vote.sender])
+            what = "voting peers"
         if receivers != expected:
             raise MessageError(
                 f"client {vote.sender}'s consistency vote must carry one tag for each of its "
-                f"{len(expected)} voting peers; got {len(receivers)} tags"
+                f"{len(expected)} {what}; got {len(receivers)} tags"
             )
 
         def commit() -> int:
-            self._signatures[vote.sender] = vote
+            store[vote.sender] = vote
             return vote.sender
 
         return commit
@@ -479,11 +492,33 @@ class SecAggServer:
                     + self._shortfall(signers, "voted for the survivor set"),
                 )
             tags = {v: dict(self._signatures[v].tags) for v in signers}
+            for v, vote in self._top_up_votes.items():
+                tags[v].update(vote.tags)
+            voters_of: dict[int, list[int]] = {u: [] for u in signers}
+            for v in signers:  # ascending, so every list is sorted
+                for u in tags[v]:
+                    if u in voters_of:
+                        voters_of[u].append(v)
+            if not self._top_up:
+                top_up = self._top_up_requests(signers, voters_of)
+                if top_up:
+                    # Some voting peers dropped at the check: ask the other signers
+                    # for votes to the survivors short of the quorum (the same vote,
+                    # more recipients), then forward.
+                    self._top_up = top_up
+                    shared, survivors = tuple(sorted(self._u2)), tuple(sorted(self._u3))
+                    out = {
+                        v: ConsistencyRequest(
+                            self._round_id, v, self._config.n_clients, shared, survivors, extra
+                        ).to_bytes()
+                        for v, extra in top_up.items()
+                    }
+                    return self._send(Stage.CONSISTENCY_CHECK, out)
             out = {}
             for u in signers:
-                # Every vote addressed to u (its voting peers that voted: the slack
-                # absorbs dropouts and a few invalid votes from malicious clients).
-                voters = [v for v in signers if u in tags[v]]
+                # Every vote addressed to u (its voting peers that voted, and the
+                # signers that answered the top-up pass for it).
+                voters = voters_of[u]
                 if len(voters) + 1 < quorum:
                     continue  # u cannot reach the quorum: it cannot unmask
                 self._requests[u] = self._request_for(u)
@@ -509,6 +544,41 @@ class SecAggServer:
         self._result = self._unmask(seed_shares, key_shares, dropped)
         self._stage = Stage.DONE
         return {}
+
+    def _top_up_requests(
+        self, signers: Sequence[int], voters_of: Mapping[int, Sequence[int]]
+    ) -> dict[int, tuple[int, ...]]:
+        """Voter → the extra recipients it is asked to vote to.
+
+        Every signer short of ``quorum - 1`` votes from others gets as many more
+        as it misses, plus ``vote_slack``, from the signers that have not voted
+        to it, nearest first on the public ring (when there are enough of them to
+        reach the quorum; otherwise it cannot unmask and is skipped).
+        """
+        cfg = self._config
+        need = cfg.quorum - 1
+        assert cfg.vote_slack is not None
+        order = self._graph.order or tuple(range(cfg.n_clients))
+        position = {u: i for i, u in enumerate(order)}
+        m = len(order)
+        extra: dict[int, set[int]] = {}
+        for u in signers:
+            missing = need - len(voters_of[u])
+            if missing <= 0:
+                continue
+            have = set(voters_of[u])
+            candidates = [v for v in signers if v != u and v not in have]
+            if len(candidates) < missing:
+                continue  # cannot reach the quorum however many vote
+            pu = position[u]
+
+            def ring_distance(v: int, pu: int = pu) -> tuple[int, int]:
+                gap = abs(position[v] - pu)
+                return (min(gap, m - gap), v)
+
+            for v in sorted(candidates, key=ring_distance)[: missing + cfg.vote_slack]:
+                extra.setdefault(v, set()).add(u)
+        return {v: tuple(sorted(us)) for v, us in sorted(extra.items())}
 
     def _shortfall(self, survivors: Collection[int], what: str) -> str:
         cfg = self._config
@@ -613,6 +683,8 @@ class SecAggServer:
             tuple(sorted((k, v.to_bytes()) for k, v in self._masked.items())),
             tuple(sorted((k, v.to_bytes()) for k, v in self._signatures.items())),
             tuple(sorted(self._vote_peers.items())),
+            tuple(sorted(self._top_up.items())),
+            tuple(sorted((k, v.to_bytes()) for k, v in self._top_up_votes.items())),
             tuple(sorted((k, v.to_bytes()) for k, v in self._requests.items())),
             tuple(sorted((k, v.to_bytes()) for k, v in self._responses.items())),
             self._u1,

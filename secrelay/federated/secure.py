@@ -113,6 +113,11 @@ class SecureSumSettings:
         check, the surviving-graph rule); ``False`` is the cheaper
         honest-but-curious protocol, which also tolerates more dropouts
         (``[privacy] secagg_active_security``).
+    vote_slack:
+        Active security: dropped or invalid votes each device absorbs at the
+        consistency check before a top-up pass (``None``: the protocol's design
+        rule; ``0``: the fewest key agreements); :class:`SecAggConfig`
+        (``[privacy] secagg_vote_slack``).
     """
 
     bounds: Mapping[str, float] = field(default_factory=dict)
@@ -124,6 +129,7 @@ class SecureSumSettings:
     max_dropout_rate: float = 0.1
     deterministic: bool = False
     active_security: bool = True
+    vote_slack: int | None = None
 
     def __post_init__(self) -> None:
         bad = {k: v for k, v in self.bounds.items() if not (np.isfinite(v) and v > 0)}
@@ -140,6 +146,13 @@ class SecureSumSettings:
         for name in ("deterministic", "active_security", "sign_advertisements"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidParameterError(f"`{name}` must be a bool; got {getattr(self, name)!r}")
+        slack = self.vote_slack
+        if slack is not None and (
+            isinstance(slack, bool) or not isinstance(slack, int) or slack < 0
+        ):
+            raise InvalidParameterError(
+                f"`vote_slack` must be an integer >= 0 or None; got {slack!r}"
+            )
 
     def bound(self, name: str) -> float:
         return float(self.bounds.get(name, self.default_bound))
@@ -158,6 +171,7 @@ class SecureSumSettings:
             sign_advertisements=True if self.sign_advertisements else None,
             max_dropout_rate=self.max_dropout_rate,
             active_security=self.active_security,
+            vote_slack=self.vote_slack,
         )
 
 

@@ -275,27 +275,33 @@ class FlowerSecureSum(SecureSum):
         sent = dict.fromkeys(range(n), 0)
         received = dict.fromkeys(range(n), 0)
         setup_rec: dict[str, ConfigRecordValues] = {"setup": True, **setup.to_record()}
-        for stage in config.stages:
+        position = {d: i for i, d in enumerate(devices)}
+        stage, top_up = Stage.ADVERTISE_KEYS, False
+        while stage not in (Stage.DONE, Stage.ABORTED):
             if stage is Stage.ADVERTISE_KEYS:
+                asked = set(active)
                 contents = {
                     devices[i]: RecordDict({REC_SECAGG: ConfigRecord(dict(setup_rec))})
                     for i in sorted(active)
                 }
             else:
+                asked = active & set(outgoing)
                 contents = {
                     devices[i]: RecordDict({REC_SECAGG: ConfigRecord({"data": outgoing[i]})})
-                    for i in sorted(active & set(outgoing))
+                    for i in sorted(asked)
                 }
-                for i in active & set(outgoing):
+                for i in asked:
                     received[i] += len(outgoing[i])
             replies = self.transport.send(MSG_SECAGG, contents)
-            position = {d: i for i, d in enumerate(devices)}
             answered = {}
             for d, r in replies.items():
                 data = r.get("data")
                 if isinstance(data, bytes):  # anything else: the device has dropped out
                     answered[position[d]] = data
-            active &= set(answered)
+            if top_up:
+                active -= asked - set(answered)  # a top-up pass asks only some devices
+            else:
+                active &= set(answered)
             t0 = time.perf_counter()
             for i, data in sorted(answered.items()):
                 sent[i] += len(data)
@@ -305,6 +311,9 @@ class FlowerSecureSum(SecureSum):
                     active.discard(i)  # rejected: the sender is treated as dropped
             outgoing = server.advance()
             server_seconds += time.perf_counter() - t0
+            # The server stays at a stage only for the consistency check's top-up pass.
+            top_up = server.stage is stage
+            stage = server.stage
         result = server.result()
         for msg in server.view.received:
             channel.send(

@@ -212,6 +212,7 @@ class PrivacyPlan:
             max_dropout_rate=max(0.1, self.dropout_rate),
             deterministic=p.randomness == "reproducible",
             active_security=p.secagg_active_security,
+            vote_slack=p.secagg_vote_slack,
         )
 
     def sum_protocol(self) -> SumProtocol:

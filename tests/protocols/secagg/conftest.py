@@ -63,6 +63,11 @@ class Round:
         self.active = set(range(n))
         self.outgoing: dict[int, bytes] = {}
         self.stage_index = 0
+        #: the server stayed at the consistency check for a top-up pass
+        self.top_up = False
+        #: client id -> top-up vote sent / top-up request received
+        self.top_up_sent: dict[int, bytes] = {}
+        self.top_up_received: dict[int, bytes] = {}
         #: stage -> client id -> message the client sent
         self.sent: dict[Stage, dict[int, bytes]] = {}
         #: stage -> client id -> message the server sent (consumed at that stage)
@@ -77,8 +82,11 @@ class Round:
     ) -> dict[int, bytes]:
         """Every active client's message for the current stage."""
         stage = self.stage
-        self.active -= self.dropouts.get(stage, set())
+        if not self.top_up:
+            self.active -= self.dropouts.get(stage, set())
+        received: dict[int, bytes] = {}
         replies = {}
+        asked = set()
         for i in sorted(self.active):
             client = self.clients[i]
             if before_client is not None:
@@ -86,10 +94,17 @@ class Round:
             if stage is Stage.ADVERTISE_KEYS:
                 replies[i] = client.advertise_keys()
             elif i in self.outgoing:
-                self.received.setdefault(stage, {})[i] = self.outgoing[i]
+                asked.add(i)
+                received[i] = self.outgoing[i]
                 replies[i] = client.handle(self.outgoing[i])
-        self.active &= set(replies)
-        self.sent[stage] = replies
+        if self.top_up:
+            self.active -= asked - set(replies)
+            self.top_up_sent, self.top_up_received = replies, received
+        else:
+            if received:
+                self.received.setdefault(stage, {}).update(received)
+            self.active &= set(replies)
+            self.sent[stage] = replies
         return replies
 
     def deliver(self, replies: dict[int, bytes]) -> None:
@@ -97,8 +112,11 @@ class Round:
             self.server.receive(data)
 
     def advance(self) -> dict[int, bytes]:
+        before = self.server.stage
         self.outgoing = self.server.advance()
-        self.stage_index += 1
+        self.top_up = self.server.stage is before  # the consistency check's top-up pass
+        if not self.top_up:
+            self.stage_index += 1
         return self.outgoing
 
     def run_stage(self) -> dict[int, bytes]:

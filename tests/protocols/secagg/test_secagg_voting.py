@@ -20,6 +20,7 @@ from protocols.secagg import (
     Stage,
     default_vote_slack,
     make_graph,
+    simulate_secure_sum,
     voting_degree,
     voting_peers,
 )
@@ -58,49 +59,116 @@ def test_honest_server_addresses_votes_to_voting_peers(make_round: Callable[...,
     _exact(r, r.finish())
 
 
-@pytest.mark.parametrize(("dropped", "slack"), [(4, 4), (5, 4), (11, None)])
+@pytest.mark.parametrize(("dropped", "slack"), [(4, 4), (5, 4), (11, 0), (11, None)])
 def test_dropouts_at_the_consistency_check(
     make_round: Callable[..., Any], dropped: int, slack: int | None
 ) -> None:
     # n = 40, quorum 29. With vote_slack = 4 (32 voting peers) up to 4 dropouts
-    # anywhere leave every survivor its quorum; 5 ring-consecutive dropouts leave
-    # most survivors 27 < 28 other votes: the server does not ask them to unmask
-    # (they cannot), and here too few are left to answer: a clean abort. The
-    # default slack at n = 40 is n - q = 11 (every survivor votes to every other),
-    # and the check absorbs 11 dropouts.
+    # anywhere leave every survivor its quorum in the first pass; 5 ring-consecutive
+    # dropouts leave some survivors 27 < 28 other votes, and the server asks the
+    # other signers for votes to them (the top-up pass); with vote_slack = 0 every
+    # dropout needs one. Either way the check absorbs n - q = 11 dropouts. The
+    # default slack at n = 40 is n - q = 11 (every survivor votes to every other).
     probe = make_round(n=40, d=6, seed=4)
     order = make_graph(40, probe.config.k, probe.round_id).order
     assert order is not None and probe.config.vote_slack == 11
     gone = set(order[10 : 10 + dropped])
     r = make_round(n=40, d=6, seed=4, vote_slack=slack, dropouts={Stage.CONSISTENCY_CHECK: gone})
-    r.run_to(Stage.UNMASKING)
-    starved = set(range(40)) - gone - set(r.outgoing)
-    if dropped <= r.config.vote_slack:
-        assert not starved
-        result = r.finish()
-        assert set(result.survivors) == set(range(40))  # U3: their inputs are in the sum
-        _exact(r, result)
-        return
-    assert starved  # too few of their voting peers voted
-    peers = voting_peers(range(40), 32, order)
-    assert all(len(peers[h] - gone) + 1 < r.config.quorum for h in starved)
+    r.run_to(Stage.CONSISTENCY_CHECK)
+    r.run_stage()
+    assert r.top_up == (dropped > r.config.vote_slack)
+    if r.top_up:
+        degree = voting_degree(40, r.config.quorum, r.config.vote_slack)
+        peers = voting_peers(range(40), degree, order)
+        short = {u for u in set(range(40)) - gone if len(peers[u] - gone) < r.config.quorum - 1}
+        assert short
+        for v, raw in r.outgoing.items():
+            request = ConsistencyRequest.from_bytes(raw)
+            # Only votes to survivors left short, from signers that had not voted to them.
+            assert set(request.vote_recipients()) <= short and v not in gone
+            assert not set(request.vote_recipients()) & peers[v]
+        r.run_stage()
+        assert r.top_up_sent and not r.top_up
+    assert r.stage is Stage.UNMASKING
+    assert set(r.outgoing) == set(range(40)) - gone  # every survivor reaches the quorum
+    result = r.finish()
+    assert set(result.survivors) == set(range(40))  # U3: their inputs are in the sum
+    _exact(r, result)
+
+
+def test_more_dropouts_at_the_check_than_the_quorum_allows_abort_cleanly(
+    make_round: Callable[..., Any],
+) -> None:
+    # 12 > n - q = 11 dropouts: fewer than q signers, so no client can ever reach
+    # the quorum; the server aborts with the shortfall, nothing is revealed.
+    r = make_round(
+        n=40, d=6, seed=4, vote_slack=0, dropouts={Stage.CONSISTENCY_CHECK: set(range(12))}
+    )
+    r.run_to(Stage.CONSISTENCY_CHECK)
     with pytest.raises(ProtocolAbort) as info:
-        r.finish()
-    assert info.value.stage == "unmasking" and "threshold = 17" in info.value.reason
-    assert all(not r.clients[h].revealed for h in starved)
+        r.run_stage()
+    assert info.value.stage == "consistency_check" and "28" in info.value.reason
+    assert r.config.quorum == 29 and all(not c.revealed for c in r.clients)
 
 
-def test_repeated_request_must_be_identical(make_round: Callable[..., Any]) -> None:
-    r = make_round(n=12, d=4, seed=1)
+def test_repeated_request_same_sets_other_recipients(make_round: Callable[..., Any]) -> None:
+    r = make_round(n=12, d=4, seed=1, vote_slack=0)
     r.run_to(Stage.CONSISTENCY_CHECK)
     h = 0
     request = ConsistencyRequest.from_bytes(r.outgoing[h])
     client = r.clients[h]
     vote = client.handle(r.outgoing[h])
+    state = client._state()
     assert client.handle(r.outgoing[h]) == vote  # the identical request: the same vote
-    fewer = dataclasses.replace(request, recipients=request.vote_recipients()[:3])
+    # A top-up (the same sets, other recipients): tags over the same sets, so the
+    # same tag for a recipient it already voted to, and no state change.
+    others = tuple(w for w in request.survivors if w != h)
+    top_up = dataclasses.replace(request, recipients=others[:3])
+    extra = ConsistencyVote.from_bytes(client.handle(top_up.to_bytes()))
+    first = dict(ConsistencyVote.from_bytes(vote).tags)
+    assert [w for w, _ in extra.tags] == list(others[:3])
+    assert all(first[w] == tag for w, tag in extra.tags if w in first)
+    assert client._state() == state
+    # Another survivor set is refused, state unchanged.
+    other_set = dataclasses.replace(request, survivors=request.survivors[:-1], recipients=None)
     with pytest.raises(MessageError, match="second, different survivor set"):
-        client.handle(fewer.to_bytes())
+        client.handle(other_set.to_bytes())
+    assert client._state() == state
+
+
+def test_no_more_votes_after_unmasking(make_round: Callable[..., Any]) -> None:
+    r = make_round(n=12, d=4, seed=1)
+    r.run_to(Stage.UNMASKING)
+    request = ConsistencyRequest.from_bytes(r.received[Stage.CONSISTENCY_CHECK][0])
+    r.clients[0].handle(r.outgoing[0])  # unmasks
+    with pytest.raises(MessageError):
+        r.clients[0].handle(dataclasses.replace(request, recipients=(1,)).to_bytes())
+
+
+def test_server_checks_top_up_votes(make_round: Callable[..., Any]) -> None:
+    r = make_round(n=40, d=6, seed=4, vote_slack=0, dropouts={Stage.CONSISTENCY_CHECK: {0}})
+    r.run_to(Stage.CONSISTENCY_CHECK)
+    r.run_stage()
+    assert r.top_up
+    asked = sorted(r.outgoing)
+    not_asked = sorted(set(range(1, 40)) - set(asked))
+    assert not_asked  # a single dropout: only some signers are asked for more
+    replies = r.client_replies()
+    before = r.server._state()
+    v = asked[0]
+    genuine = ConsistencyVote.from_bytes(replies[v])
+    for bad in (
+        ConsistencyVote(r.round_id, v, genuine.tags[1:] or ((39, bytes(32)),)),
+        ConsistencyVote(r.round_id, not_asked[0], genuine.tags),
+    ):
+        with pytest.raises(MessageError):
+            r.server.receive(bad.to_bytes())
+        assert r.server._state() == before
+    r.deliver(replies)
+    with pytest.raises(MessageError, match="duplicate"):
+        r.server.receive(replies[v])
+    r.advance()
+    _exact(r, r.finish())
 
 
 @pytest.mark.parametrize("bad", ["receiver", "non-survivor"])
@@ -180,3 +248,43 @@ def test_voting_degree_never_exceeds_the_other_survivors() -> None:
             assert cfg.quorum - 1 <= d <= alive - 1
     with pytest.raises(InvalidParameterError, match="vote_slack"):
         SecAggConfig(n_clients=10, vector_length=1, vote_slack=-1)
+
+
+def test_a_top_up_voter_dropping_leaves_only_its_recipients_short(
+    make_round: Callable[..., Any],
+) -> None:
+    # Slack 0, one dropout at the check: the top-up asks exactly the missing votes;
+    # one asked signer drops in the top-up pass. The survivors that needed its
+    # vote cannot unmask (the server does not ask them); the others' shares still
+    # rebuild every secret, and the sum is exact.
+    r = make_round(n=40, d=6, seed=4, vote_slack=0, dropouts={Stage.CONSISTENCY_CHECK: {0}})
+    r.run_to(Stage.CONSISTENCY_CHECK)
+    r.run_stage()
+    assert r.top_up
+    quitter = sorted(r.outgoing)[0]
+    left_short = set(ConsistencyRequest.from_bytes(r.outgoing[quitter]).vote_recipients())
+    r.active.discard(quitter)
+    r.run_stage()
+    assert r.stage is Stage.UNMASKING
+    assert set(r.outgoing) == set(range(1, 40)) - left_short
+    result = r.finish()
+    assert set(result.survivors) == set(range(40))  # U3: both sent masked inputs
+    _exact(r, result)
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.data())
+def test_simulated_rounds_with_top_ups_give_exact_sums(data: st.DataObject) -> None:
+    n = data.draw(st.integers(12, 30), label="n")
+    slack = data.draw(st.sampled_from([0, 1, None]), label="slack")
+    cfg = SecAggConfig(n_clients=n, vector_length=5, vote_slack=slack)
+    gone = data.draw(st.sets(st.integers(0, n - 1), max_size=n - cfg.quorum), label="gone")
+    rng = np.random.default_rng(n)
+    vectors = rng.uniform(-1, 1, (n, 5))
+    result = simulate_secure_sum(
+        list(vectors), config=cfg, dropouts={Stage.CONSISTENCY_CHECK: gone}, seed=n
+    )
+    survivors = list(result.survivors)
+    assert set(survivors) == set(range(n))  # dropped at the check: still in U3
+    truth = vectors[survivors].sum(axis=0)
+    assert np.all(np.abs(result.sum - truth) <= result.error_bound)

@@ -54,6 +54,27 @@ def test_config_key_must_be_a_bool() -> None:
         load_config(privacy={"secagg_active_security": "no"})
 
 
+@pytest.mark.parametrize("slack", [None, 0, 3])
+def test_vote_slack_key_reaches_the_protocol(slack: int | None) -> None:
+    plan = PrivacyPlan(PrivacyConfig(secure_aggregation=True, secagg_vote_slack=slack))
+    settings = plan.secure_settings()
+    assert settings.vote_slack == slack
+    cfg = settings.protocol_config(
+        n_clients=100, vector_length=4, clip_range=1.0, precision_bits=16
+    )
+    assert cfg.vote_slack == (27 if slack is None else slack)  # None: the design rule
+    protocol = plan.sum_protocol()
+    contributions = _contributions()
+    result = protocol.aggregate(1, contributions, Channel())
+    truth = sum(c["delta"] for c in contributions.values())
+    assert np.abs(result.sums["delta"] - truth).max() <= protocol.last_error_bound["delta"]
+
+
+def test_vote_slack_key_must_be_a_non_negative_int() -> None:
+    with pytest.raises(ConfigError, match=r"privacy\.secagg_vote_slack must be >= 0"):
+        load_config(privacy={"secagg_vote_slack": -1})
+
+
 def _secure_run_config(active: bool):  # type: ignore[no-untyped-def]
     return load_config(
         run={"name": "secagg-threat-model", "seed": 5, "progress": False},
