@@ -175,8 +175,14 @@ class DeviceStore:
     """
 
     state: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: the state of a device met for the first time (e.g. RelayRec's choice of
+    #: initial model on a lazy population, made when the device is first needed);
+    #: ``None``: nothing.
+    fill: Callable[[int], Mapping[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     def get(self, device_id: int) -> dict[str, Any]:
+        if device_id not in self.state and self.fill is not None:
+            self.update(device_id, self.fill(device_id))
         return dict(self.state.get(device_id, {}))
 
     def update(self, device_id: int, values: Mapping[str, Any]) -> None:
@@ -515,7 +521,7 @@ class FederatedLoop:
     def device_key(self, device_id: int) -> str:
         if self._device_key is not None:
             return self._device_key(device_id)
-        key = self.store.state.get(device_id, {}).get("model_key")
+        key = self.store.get(device_id).get("model_key")
         return str(key) if key in self.strategy.models else self.strategy.keys[0]
 
     def evaluate(self) -> Metrics:
@@ -554,7 +560,9 @@ class FederatedLoop:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.strategy.load_state_dict(state["strategy"])
-        self.store = DeviceStore({int(d): dict(s) for d, s in state["device_store"].items()})
+        self.store = DeviceStore(
+            {int(d): dict(s) for d, s in state["device_store"].items()}, fill=self.store.fill
+        )
         self.personal_predictions = {
             int(d): np.asarray(p) for d, p in state.get("personal_predictions", {}).items()
         }

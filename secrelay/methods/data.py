@@ -42,10 +42,9 @@ IN_MEMORY = "in-memory"
 POPULATION = "population"
 # Methods whose server reads devices' data only through the loop (sampled devices in
 # the workers, the evaluation sample in the server), so a lazy population serves them.
-LAZY_METHODS = frozenset({"federated", "metaua"})
+LAZY_METHODS = frozenset({"federated", "metaua", "relayrec"})
 # Why the others cannot: each reads every device's data in the server.
 _NEEDS_EVERY_DEVICE = {
-    "relayrec": "RelayRec's setup reads every device's data to select its cluster",
     "lcft": "LCFT reads every device's training CTR and test rows in the server",
     "coda": "CoDA reads every device's rows to build its matching pool",
 }
@@ -96,6 +95,12 @@ def population_problems(config: RunConfig) -> list[str]:
         problems.append(
             f"method {method!r} is not known to read devices' data only through the "
             f"federated loop; data.name = 'population' supports {sorted(LAZY_METHODS)}"
+        )
+    if method == "relayrec" and config.method.options.get("collaboration") == "standalone":
+        problems.append(
+            "RelayRec's 'standalone' collaboration trains and evaluates every device in "
+            "one round, which reads the whole population; data.name = 'population' needs "
+            "a shared or clustered collaboration (e.g. clustered_fedprox)"
         )
     if method == "federated":
         try:

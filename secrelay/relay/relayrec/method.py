@@ -96,6 +96,70 @@ class RelayRecMethod(LoopMethod):
 
     # --- cloud phase --------------------------------------------------------------
     def setup(self) -> None:
+        sel = self._cloud_phase()
+        log = self.ctx.log
+        if self.ctx.data.population is not None:
+            # A lazy population: each device chooses when it is first sampled or
+            # evaluated (the same choice, made later; nothing is gathered up front).
+            store = DeviceStore(fill=self._selection(sel))
+            counts: dict[str, Any] = {}
+            log("relayrec devices: each device chooses its initial model when first needed")
+        else:
+            choose = self._selection(sel)
+            store = DeviceStore()
+            for dev in sorted(self.ctx.data.devices):
+                store.update(dev, choose(dev))
+            choice = {d: s["model_key"] for d, s in store.state.items()}
+            counts = {k: sum(1 for v in choice.values() if v == k) for k in self.keys}
+            log(f"relayrec devices: chosen initial models {counts}")
+        self.cloud_stats["device_choices"] = counts
+        he = sel["he"]
+        if he is not None:
+            self.cloud_stats["he_selector"] = {
+                **he.stats.as_metrics(),
+                "he/selector_galois_steps": list(he.layout.galois_steps),
+                "he/selector_input_dim": he.layout.inputs,
+            }
+        atomic_write_text(
+            self.ctx.run_dir / "relayrec_cloud.json",
+            json.dumps(self.cloud_stats, indent=2, default=float),
+        )
+        self.strategy = self._strategy()
+        self.strategy.initialize(sel["initial"])
+        self._build_loop(store)
+
+    def _selection(self, sel: Mapping[str, Any]) -> Any:
+        """Algorithm 3, steps 1-2, as a function of the device id: what the device
+        stores (its chosen key); see :func:`select_device_key`."""
+        opts, seed, he = self.options, self.ctx.seed, sel["he"]
+
+        def choose(dev: int) -> dict[str, Any]:
+            dd = self.ctx.data.devices[dev]
+            with single_thread():
+                key = select_device_key(
+                    dd,
+                    opts=opts,
+                    keys=self.keys,
+                    channel=self.ctx.channel,
+                    item_space=sel["item_space"],
+                    selector=sel["selector"],
+                    initial=sel["initial"],
+                    spec=self.ctx.model_spec,
+                    seed=seed,
+                    he=he,
+                )
+                if he is not None:  # the experimenter's check (both sides known here)
+                    p_u = sel["item_space"].preference(dd.train)
+                    plain = self.keys[int(np.argmax(square_selector_logits(he.weights, p_u)))]
+                    he.stats.plaintext_agreement += int(plain == key)
+            return {"model_key": key, "selection": opts.selection}
+
+        return choose
+
+    def _cloud_phase(self) -> dict[str, Any]:
+        """Train the server model, cluster the cloud's users, fit the item space and
+        the selector, build the K initial models (cloud data only; deterministic in
+        ``run.seed``). Sets ``cloud_stats``; returns what selection needs."""
         cfg, opts, seed = self.ctx.config, self.options, self.ctx.seed
         cloud = self.ctx.data.cloud
         cloud_train = make_train_config(cfg.cloud)
@@ -142,52 +206,21 @@ class RelayRecMethod(LoopMethod):
             f"{np.bincount(item_labels, minlength=opts.num_categories).tolist()}; selector "
             f"train accuracy {acc:.3f}"
         )
-        store = DeviceStore()
-        choice = {}
-        with single_thread():
-            for dev, dd in sorted(self.ctx.data.devices.items()):
-                key = select_device_key(
-                    dd,
-                    opts=opts,
-                    keys=self.keys,
-                    channel=self.ctx.channel,
-                    item_space=item_space,
-                    selector=selector,
-                    initial=initial,
-                    spec=self.ctx.model_spec,
-                    seed=seed,
-                    he=he,
-                )
-                store.update(dev, {"model_key": key, "selection": opts.selection})
-                choice[dev] = key
-                if he is not None:  # the experimenter's check (both sides known here)
-                    p_u = item_space.preference(dd.train)
-                    plain = self.keys[int(np.argmax(square_selector_logits(he.weights, p_u)))]
-                    he.stats.plaintext_agreement += int(plain == key)
-        counts = {k: sum(1 for v in choice.values() if v == k) for k in self.keys}
-        log(f"relayrec devices: chosen initial models {counts}")
         self.cloud_stats = {
             "server_train_loss": server_loss,
             "user_clusters": np.bincount(labels, minlength=opts.num_clusters).tolist(),
             "item_categories": np.bincount(item_labels, minlength=opts.num_categories).tolist(),
             "selector_train_accuracy": acc,
-            "device_choices": counts,
             "initial_models": model_stats,
         }
         if he is not None:
             self.cloud_stats["selector_relu_train_accuracy"] = acc_relu
-            self.cloud_stats["he_selector"] = {
-                **he.stats.as_metrics(),
-                "he/selector_galois_steps": list(he.layout.galois_steps),
-                "he/selector_input_dim": he.layout.inputs,
-            }
-        atomic_write_text(
-            self.ctx.run_dir / "relayrec_cloud.json",
-            json.dumps(self.cloud_stats, indent=2, default=float),
-        )
-        self.strategy = self._strategy()
-        self.strategy.initialize(initial)
-        self._build_loop(store)
+        return {
+            "item_space": item_space,
+            "selector": selector,
+            "initial": initial,
+            "he": he,
+        }
 
     def _strategy(self) -> Strategy:
         uniform = self.options.weighting == "uniform" or self.ctx.config.privacy.user_level_dp
@@ -253,8 +286,12 @@ class RelayRecMethod(LoopMethod):
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        fill = None
+        if self.ctx.data.population is not None:
+            # Devices not yet seen still choose: redo the (deterministic) cloud phase.
+            fill = self._selection(self._cloud_phase())
         self.cloud_stats = dict(state.get("cloud_stats", {}))
         self.strategy = self._strategy()
         self.strategy.initialize(state["loop"]["strategy"]["models"])
-        self._build_loop(DeviceStore())
+        self._build_loop(DeviceStore(fill=fill))
         self.loop.load_state_dict(state["loop"])

@@ -151,9 +151,38 @@ def test_metaua_runs_on_a_population(tmp_path: Path) -> None:
     assert result.final["complete"] and result.records[-1]["eval_devices"] == 5
 
 
+_RELAYREC = {
+    "name": "relayrec",
+    "options": {"num_clusters": 2, "num_categories": 3, "meta_epochs": 1, "server_model": "dnn"},
+}
+
+
+def test_relayrec_runs_on_a_population_choosing_lazily(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each device chooses its initial model when it is first sampled or evaluated:
+    # the server never loads the other devices' rows, and the run resumes to the
+    # same records (the cloud phase is redone for the devices not yet seen).
+    loaded: list[int] = []
+    original = PopulationSource.load
+
+    def recording(self: PopulationSource, device_id: int) -> Any:
+        loaded.append(int(device_id))
+        return original(self, device_id)
+
+    monkeypatch.setattr(PopulationSource, "load", recording)
+    cfg = _config(method=_RELAYREC)
+    full = run(cfg, tmp_path / "full", progress=False, log=_quiet)
+    assert full.final["complete"] and full.records[-1]["eval_devices"] == 5
+    chosen = set(loaded)
+    assert len(chosen) <= 2 * 4 + 5 < N_DEVICES  # the sampled and the evaluated only
+    run(cfg, tmp_path / "part", progress=False, log=_quiet, stop_after=1)
+    assert resume(tmp_path / "part", progress=False, log=_quiet).records == full.records
+
+
 @pytest.mark.parametrize(
     ("method", "reason"),
-    [("relayrec", "select its cluster"), ("lcft", "training CTR"), ("coda", "matching pool")],
+    [("lcft", "training CTR"), ("coda", "matching pool")],
 )
 def test_methods_that_read_every_device_refuse_a_population(
     tmp_path: Path, method: str, reason: str
@@ -162,6 +191,13 @@ def test_methods_that_read_every_device_refuse_a_population(
     with pytest.raises(ConfigError, match=rf"{method}.*population.*{reason}"):
         run(cfg, tmp_path / method, progress=False, log=_quiet)
     assert not (tmp_path / method / "checkpoint.pt").exists()
+
+
+def test_relayrec_standalone_refuses_a_population(tmp_path: Path) -> None:
+    options = {**_RELAYREC["options"], "collaboration": "standalone"}
+    cfg = _config(method={"name": "relayrec", "options": options})
+    with pytest.raises(ConfigError, match=r"standalone.*whole population"):
+        run(cfg, tmp_path / "r", progress=False, log=_quiet)
 
 
 def test_bad_population_options_and_personalized_strategies_are_refused() -> None:
