@@ -153,11 +153,18 @@ class CloudConfig(_TrainSection):
 
 @dataclass(frozen=True)
 class LocalConfig(_TrainSection):
-    """``[local]``: each device's local training per round."""
+    """``[local]``: each device's local training per round.
+
+    ``trainable = "dense"`` leaves the embedding tables exactly as downloaded and
+    trains only the dense layers; under ``privacy.user_level_dp`` the released sum
+    then carries no noise on the tables (every device's update there is exactly 0,
+    whatever its data). Not with ``privacy.dp_sgd``.
+    """
 
     epochs: int = 5
     batch_size: int = 32
     lr: float = 1e-3
+    trainable: Literal["all", "dense"] = "all"
 
 
 @dataclass(frozen=True)

@@ -21,17 +21,23 @@ from secrelay.data.dataset import CTRDataset
 from secrelay.metrics import Metrics, evaluate_predictions
 
 __all__ = [
+    "TRAINABLE",
     "OptimizerName",
     "TrainConfig",
     "evaluate_model",
+    "frozen_parameters",
     "iterate_batches",
     "make_optimizer",
     "predict",
     "soft_bce_with_logits",
     "train_epochs",
+    "trainable_mask",
 ]
 
 OptimizerName = Literal["sgd", "adam", "adagrad"]
+#: What local training may change: every parameter, or every parameter but the
+#: embedding tables (``"dense"``).
+TRAINABLE = ("all", "dense")
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,11 @@ class TrainConfig:
     prox_mu:
         FedProx proximal weight μ (>= 0): adds μ/2·‖w − w_ref‖² towards the
         reference weights passed to :func:`train_epochs`.
+    trainable:
+        ``"all"`` (default) or ``"dense"``: the embedding tables stay exactly as
+        they were (:func:`frozen_parameters`), only the dense layers train — under
+        user-level DP the released sum then has no noise on the tables
+        (:func:`trainable_mask`).
     """
 
     epochs: int = 1
@@ -61,6 +72,7 @@ class TrainConfig:
     optimizer: OptimizerName = "adam"
     weight_decay: float = 0.0
     prox_mu: float = 0.0
+    trainable: Literal["all", "dense"] = "all"
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -79,6 +91,46 @@ class TrainConfig:
             raise InvalidParameterError(f"`weight_decay` must be >= 0; got {self.weight_decay!r}")
         if self.prox_mu < 0:
             raise InvalidParameterError(f"`prox_mu` must be >= 0; got {self.prox_mu!r}")
+        if self.trainable not in TRAINABLE:
+            raise InvalidParameterError(
+                f"`trainable` must be one of {TRAINABLE}; got {self.trainable!r}"
+            )
+
+
+def frozen_parameters(model: nn.Module, trainable: str) -> list[nn.Parameter]:
+    """The parameters local training leaves untouched: none for ``"all"``; the
+    weights of every embedding table (``nn.Embedding``/``nn.EmbeddingBag``) for
+    ``"dense"``."""
+    if trainable == "all":
+        return []
+    if trainable != "dense":
+        raise InvalidParameterError(f"`trainable` must be one of {TRAINABLE}; got {trainable!r}")
+    out: list[nn.Parameter] = []
+    for module in model.modules():
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            out.extend(module.parameters(recurse=False))
+    return out
+
+
+def trainable_mask(model: nn.Module, trainable: str) -> np.ndarray:
+    """Boolean mask over the flat layout (:func:`~secrelay.models.utils.flatten_parameters`):
+    ``False`` where training with ``trainable`` can never change a value.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Embedding(3, 2), nn.Linear(2, 1))
+    >>> trainable_mask(net, "dense").tolist()
+    [False, False, False, False, False, False, True, True, True]
+    """
+    from secrelay.models.utils import _unwrap
+
+    frozen = {id(p) for p in frozen_parameters(model, trainable)}
+    parts = [
+        np.full(t.numel(), id(t) not in frozen, dtype=bool)
+        for t in _unwrap(model).state_dict(keep_vars=True).values()
+        if t.is_floating_point()
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -153,6 +205,29 @@ def train_epochs(
     if y_np.shape != (len(data),):
         raise InvalidParameterError(f"`labels` must have shape ({len(data)},); got {y_np.shape}")
     y_all = torch.from_numpy(np.array(y_np, dtype=np.float32))
+    frozen = [p for p in frozen_parameters(model, config.trainable) if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        return _train_epochs(
+            model, x_all, y_all, config, generator, reference, optimizer, on_batch, len(data)
+        )
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _train_epochs(
+    model: nn.Module,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    config: TrainConfig,
+    generator: torch.Generator,
+    reference: list[torch.Tensor] | None,
+    optimizer: torch.optim.Optimizer | None,
+    on_batch: Callable[[int, float], None] | None,
+    n: int,
+) -> dict[str, float]:
     opt = optimizer if optimizer is not None else make_optimizer(model, config)
     params = list(model.parameters())
     model.train()
@@ -161,7 +236,7 @@ def train_epochs(
     last_loss = float("nan")
     for _ in range(config.epochs):
         total, count = 0.0, 0
-        for idx in iterate_batches(len(data), config.batch_size, shuffle=True, generator=generator):
+        for idx in iterate_batches(n, config.batch_size, shuffle=True, generator=generator):
             opt.zero_grad(set_to_none=True)
             loss = soft_bce_with_logits(model(x_all[idx]), y_all[idx])
             if config.prox_mu > 0 and reference is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -98,6 +99,20 @@ class SumProtocol(abc.ABC):
         dropouts: Mapping[int, str] | None = None,
     ) -> SumResult:
         """Sum the contributions of the devices that do not drop out."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue releasing exactly as an uninterrupted
+        one would (a stateful DP mechanism's noise stream, clip, participation
+        history); empty for a stateless protocol. Checkpointed with the loop."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; a stateless protocol accepts only ``{}``."""
+        if state:
+            raise InvalidParameterError(
+                f"{type(self).__name__} keeps no state, but the checkpoint holds "
+                f"{sorted(state)}: it was written by another sum protocol"
+            )
 
 
 class PlaintextSum(SumProtocol):

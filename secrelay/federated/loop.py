@@ -556,6 +556,7 @@ class FederatedLoop:
             "strategy": self.strategy.state_dict(),
             "device_store": {d: dict(s) for d, s in self.store.state.items()},
             "personal_predictions": dict(self.personal_predictions),
+            "sum_protocol": self.sum_protocol.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -566,3 +567,4 @@ class FederatedLoop:
         self.personal_predictions = {
             int(d): np.asarray(p) for d, p in state.get("personal_predictions", {}).items()
         }
+        self.sum_protocol.load_state_dict(state.get("sum_protocol", {}))

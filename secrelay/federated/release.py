@@ -29,12 +29,21 @@ Three kinds of names:
     released as a copy of the noisy ``source``.
 
 Any other name is refused by the wrapper — it would leave the device unprotected.
+
+A noised name may also have a *support* (:attr:`ReleaseSpec.support`): a boolean
+mask of the coordinates a device can change. Outside it every honest device's array
+is exactly 0 whatever its data (e.g. the embedding tables when only the dense
+layers train, ``[local] trainable = "dense"``), so the wrapper checks that on the
+device, sends and noises only the support, and releases the rest as exact zeros:
+data-independent values cost no privacy.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from protocols.errors import InvalidParameterError
 
@@ -63,6 +72,9 @@ class ReleaseSpec:
     contributions (then :attr:`dimension` is unknown before a round)."""
     weights: tuple[tuple[str, float], ...] = ()
     """Share w > 0 of noised names in the sensitivity (missing: 1)."""
+    support: tuple[tuple[str, np.ndarray], ...] = field(default=(), compare=False)
+    """Noised name -> boolean mask over its flattened array: the coordinates a device
+    can change (missing: all)."""
 
     def __post_init__(self) -> None:
         if not self.noised:
@@ -89,6 +101,11 @@ class ReleaseSpec:
                 f"ReleaseSpec.shapes must give the shape of every noised name {sorted(seen)}; "
                 f"got {[n for n, _ in self.shapes]}"
             )
+        for name, mask in self.support:
+            if name not in seen or np.asarray(mask).dtype != bool:
+                raise InvalidParameterError(
+                    f"ReleaseSpec.support: {name!r} must be a noised name with a boolean mask"
+                )
         for name, source in self.copies:
             if source not in seen:
                 raise InvalidParameterError(
@@ -111,10 +128,34 @@ class ReleaseSpec:
 
     @property
     def dimension(self) -> int | None:
-        """Length of the packed vector (all noised names), when :attr:`shapes` are known."""
+        """Length of the packed vector (the supports of all noised names), when
+        :attr:`shapes` are known."""
         if not self.shapes:
             return None
-        return sum(math.prod(shape) for _, shape in self.shapes)
+        return sum(self.packed_size(name, shape) for name, shape in self.shapes)
+
+    @property
+    def supports(self) -> dict[str, np.ndarray]:
+        """Noised name -> its support mask (only the names that have one)."""
+        return dict(self.support)
+
+    def packed_size(self, name: str, shape: tuple[int, ...]) -> int:
+        """How many values of ``name`` (of ``shape``) are sent and noised."""
+        mask = self.supports.get(name)
+        return int(mask.sum()) if mask is not None else math.prod(shape)
+
+    def with_model_support(self, mask: np.ndarray) -> ReleaseSpec:
+        """This spec with ``mask`` (over the model's flat layout, length d) as the
+        support of every noised name that is d or K·d model coordinates (a model
+        delta, or K stacked ones); other names keep theirs. Needs :attr:`shapes`."""
+        mask = np.asarray(mask, dtype=bool).ravel()
+        d = mask.size
+        support = self.supports
+        for name, shape in self.shapes:
+            size = math.prod(shape)
+            if d and size % d == 0 and size >= d:
+                support[name] = np.tile(mask, size // d)
+        return replace(self, support=tuple(sorted(support.items())))
 
     @property
     def num_blocks(self) -> int:

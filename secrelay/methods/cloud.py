@@ -26,6 +26,7 @@ def make_train_config(section: Any, *, prox_mu: float = 0.0) -> TrainConfig:
         optimizer=section.optimizer,
         weight_decay=section.weight_decay,
         prox_mu=prox_mu,
+        trainable=getattr(section, "trainable", "all"),
     )
 
 

@@ -47,6 +47,7 @@ calibrated on the public, reproducible schedule, see :mod:`secrelay.privacy.plan
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -171,14 +172,36 @@ class CorrelatedNoiseSum(UserLevelDPSum):
         self.spent_squared = 0.0
 
     def _check_fresh(self, round: int) -> None:
-        """A resumed run would restart the noise stream with no participation history
-        and under-count; refuse it until that state is checkpointed."""
+        """A run resumed without this sum's state would restart the noise stream with
+        no participation history and under-count: refuse it."""
         if self.noise.round == 0 and round != 1:
             raise ConfigError(
-                f"{self.mechanism}: the first release is round {round}, not 1 — resuming a "
-                "DP-FTRL / banded-MF run is not supported (its noise stream and participation "
-                "history are not checkpointed); rerun it from the start"
+                f"{self.mechanism}: the first release is round {round}, not 1, and no noise "
+                "state was restored (a checkpoint from before DP-FTRL / banded-MF state was "
+                "saved, or a loop built without it); rerun it from the start"
             )
+
+    # --- checkpointing ------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The noise stream (tree nodes / recent rows), each device's releases and S."""
+        return {
+            "mechanism": self.mechanism,
+            "noise": self.noise.state_dict(),
+            "history": {int(d): list(r) for d, r in self.history.items()},
+            "spent_squared": float(self.spent_squared),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not state:
+            return  # nothing released yet (or a fresh loop): stays fresh
+        if state.get("mechanism") != self.mechanism:
+            raise InvalidParameterError(
+                f"the checkpoint's correlated-noise state is for {state.get('mechanism')!r}; "
+                f"this run uses {self.mechanism!r}"
+            )
+        self.noise.load_state_dict(state["noise"])
+        self.history = {int(d): [int(r) for r in rs] for d, rs in state["history"].items()}
+        self.spent_squared = float(state["spent_squared"])
 
     # --- participation -----------------------------------------------------------
     def allowed(self, device: int, step: int) -> bool:

@@ -70,7 +70,7 @@ from secrelay.privacy.user_dp import (
     ClipUpdate,
     UserLevelDPSum,
 )
-from secrelay.training import TrainConfig
+from secrelay.training import TrainConfig, trainable_mask
 
 __all__ = ["PrivacyPlan", "max_participations"]
 
@@ -486,6 +486,11 @@ class PrivacyPlan:
                 "privacy.dp_sgd replaces the plain local trainer; this method trains with "
                 f"{type(inner.trainer).__name__}"  # type: ignore[attr-defined]
             )
+        elif p.dp_sgd and inner.trainer.config.trainable != "all":  # type: ignore[attr-defined]
+            problems.append(
+                "local.trainable = 'dense' is not supported with privacy.dp_sgd (DP-SGD "
+                "trains every parameter); set local.trainable = 'all'"
+            )
         if p.user_level_dp:
             problems.extend(self.strategy_problems(strategy))
         return problems
@@ -558,6 +563,10 @@ class PrivacyPlan:
             assert p.clipping_norm is not None
             spec = strategy.release_spec(float(p.clipping_norm))
             assert spec is not None
+            trainable = _trainable(program)
+            if trainable != "all":
+                # Devices never change the frozen coordinates: no noise there.
+                spec = spec.with_model_support(trainable_mask(model_spec.build(), trainable))
             base = self.private_sum(
                 base,
                 strategy,
@@ -610,3 +619,10 @@ class PrivacyPlan:
             if rec is not None:
                 out.append(rec)
         return tuple(out)
+
+
+def _trainable(program: ClientProgram) -> str:
+    """What the device program's local trainer may change (``TrainConfig.trainable``)."""
+    inner = program.inner if isinstance(program, PersonalizedProgram) else program
+    config = getattr(getattr(inner, "trainer", None), "config", None)
+    return str(getattr(config, "trainable", "all"))

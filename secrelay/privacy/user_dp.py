@@ -78,7 +78,7 @@ import abc
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -224,6 +224,7 @@ def pack_contributions(
                 f"planned for {tuple(shape)}"
             )
     c_norm = float(clipping_norm)
+    supports = spec.supports
     out: dict[int, dict[str, np.ndarray]] = {}
     for dev in sorted(contributions):
         c = contributions[dev]
@@ -243,13 +244,26 @@ def pack_contributions(
                     f"user-level DP releases {name!r} as a copy of {source!r}, but device {dev} "
                     f"contributes different values — use weighting = 'uniform'"
                 )
-        blocks = [
-            clip_by_l2_norm(
-                np.asarray(c[name], dtype=np.float64).ravel(), clipping_norm=float(bound)
+        blocks = []
+        for name, bound in spec.noised:
+            flat = np.asarray(c[name], dtype=np.float64).ravel()
+            mask = supports.get(name)
+            if mask is not None:
+                if mask.size != flat.size:
+                    raise InvalidParameterError(
+                        f"the support of {name!r} has {mask.size} entries; the contribution "
+                        f"has {flat.size}"
+                    )
+                if np.any(flat[~mask]):
+                    raise InvalidParameterError(
+                        f"device {dev} changes {name!r} outside its support (e.g. an "
+                        "embedding table with local.trainable = 'dense'): those values would "
+                        "be released without noise"
+                    )
+                flat = flat[mask]
+            blocks.append(
+                clip_by_l2_norm(flat, clipping_norm=float(bound)) * spec.scale(name, c_norm)
             )
-            * spec.scale(name, c_norm)
-            for name, bound in spec.noised
-        ]
         out[dev] = {PACKED_NAME: np.concatenate(blocks)}
     return out, shapes
 
@@ -264,12 +278,19 @@ def unpack_sum(
     """Server side: split the noisy packed sum back into the strategy's names (in
     their own units), add the public counts (``participants``) and the copies."""
     flat = np.asarray(total, dtype=np.float64).ravel()
+    supports = spec.supports
     out: dict[str, np.ndarray] = {}
     offset = 0
     for name, _ in spec.noised:
         shape = tuple(shapes[name])
-        size = int(np.prod(shape, dtype=np.int64))
-        out[name] = flat[offset : offset + size].reshape(shape) / spec.scale(name, clipping_norm)
+        size = spec.packed_size(name, shape)
+        part = flat[offset : offset + size] / spec.scale(name, clipping_norm)
+        mask = supports.get(name)
+        if mask is not None:  # exact zeros off the support (no device can change them)
+            full = np.zeros(int(np.prod(shape, dtype=np.int64)), dtype=np.float64)
+            full[mask] = part
+            part = full
+        out[name] = part.reshape(shape)
         offset += size
     if offset != flat.size:
         raise InvalidParameterError(
@@ -583,6 +604,17 @@ class CentralGaussianSum(UserLevelDPSum):
             self._move_clip(round, [norms[d] for d in survivors if d in norms], denominator)
         return SumResult(sums, survivors, privacy_records=(record,), noise_only=not survivors)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The adaptive clip C_t (nothing else changes between rounds)."""
+        return {"current_clip": float(self.current_clip)} if self.adaptive is not None else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self.adaptive is None:
+            super().load_state_dict(state)
+            return
+        if state:
+            self.current_clip = float(state["current_clip"])
+
     def _clip_adaptively(
         self, contributions: Mapping[int, Mapping[str, np.ndarray]], clip: float
     ) -> tuple[dict[int, dict[str, np.ndarray]], dict[int, float]]:
@@ -631,4 +663,4 @@ class CentralGaussianSum(UserLevelDPSum):
         return {name: tuple(shape) for name, shape in self.spec.shapes}
 
     def _packed_size(self, shapes: Mapping[str, tuple[int, ...]]) -> int:
-        return sum(int(np.prod(shapes[name], dtype=np.int64)) for name, _ in self.spec.noised)
+        return sum(self.spec.packed_size(name, tuple(shapes[name])) for name, _ in self.spec.noised)

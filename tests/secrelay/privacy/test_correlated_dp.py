@@ -117,13 +117,61 @@ def test_records_compose_to_the_tree_of_the_actual_participation() -> None:
     )
 
 
-def test_a_resumed_stream_is_refused() -> None:
+def test_a_stream_resumed_without_its_state_is_refused() -> None:
     s = _sum(TreeAggregationNoise())
-    with pytest.raises(ConfigError, match="resuming"):
+    with pytest.raises(ConfigError, match="no noise state was restored"):
         s.planned_record(3, [0], dimension=3, min_survivors=1, dropouts=False)
-    with pytest.raises(ConfigError, match="resuming"):
+    with pytest.raises(ConfigError, match="no noise state was restored"):
         s.aggregate(3, _contrib(0), Channel())
     assert s.noise.round == 0 and not s.history
+
+
+@pytest.mark.parametrize("noise", [TreeAggregationNoise, lambda: BandedMatrixNoise(bands=3)])
+def test_a_restored_stream_releases_what_the_uninterrupted_one_does(noise) -> None:
+    a, b = _sum(noise()), _sum(noise())
+    for t in (1, 2, 3):
+        a.aggregate(t, _contrib(t % 4, 3), Channel())
+        if t < 3:
+            b.aggregate(t, _contrib(t % 4, 3), Channel())
+    c = _sum(noise())
+    c.load_state_dict(b.state_dict())  # a resumed run's fresh sum, restored
+    out_a = a.aggregate(4, _contrib(0, 1), Channel())
+    c.aggregate(3, _contrib(3, 3), Channel())
+    out_c = c.aggregate(4, _contrib(0, 1), Channel())
+    assert np.array_equal(out_a.sums["delta"], out_c.sums["delta"])
+    assert out_a.privacy_records[0].event == out_c.privacy_records[0].event
+    assert c.history == a.history and c.spent_squared == a.spent_squared
+    with pytest.raises(InvalidParameterError, match="is for"):
+        _sum(
+            BandedMatrixNoise(bands=2)
+            if isinstance(a.noise, TreeAggregationNoise)
+            else TreeAggregationNoise()
+        ).load_state_dict(a.state_dict())
+
+
+@pytest.mark.parametrize(
+    "privacy",
+    [
+        {"user_mechanism": "dp_ftrl", "noise_multiplier": 2.0, "max_participations": 2},
+        {"user_mechanism": "banded_mf", "bands": 2, "noise_multiplier": 2.0},
+        {"adaptive_clip": True, "noise_multiplier": 2.0, "clip_count_stddev": 5.0},
+    ],
+    ids=["dp_ftrl", "banded_mf", "adaptive_clip"],
+)
+def test_stateful_dp_runs_resume_to_the_same_records(tmp_path: Path, privacy) -> None:
+    from secrelay.experiment import resume
+
+    cfg = _config(rounds=4, **privacy)
+    full = run(cfg, tmp_path / "full", progress=False, log=_quiet)
+    run(cfg, tmp_path / "part", progress=False, log=_quiet, stop_after=2)
+    resumed = resume(tmp_path / "part", progress=False, log=_quiet)
+    assert resumed.records == full.records
+    ledger = [
+        r.to_dict() for r in PrivacyLedger.load(tmp_path / "part" / "privacy_ledger.jsonl").records
+    ]
+    assert ledger == [
+        r.to_dict() for r in PrivacyLedger.load(tmp_path / "full" / "privacy_ledger.jsonl").records
+    ]
 
 
 def test_participation_limits_leave_devices_out() -> None:
