@@ -156,15 +156,19 @@ class LocalConfig(_TrainSection):
     """``[local]``: each device's local training per round.
 
     ``trainable = "dense"`` leaves the embedding tables exactly as downloaded and
-    trains only the dense layers; under ``privacy.user_level_dp`` the released sum
-    then carries no noise on the tables (every device's update there is exactly 0,
-    whatever its data). Not with ``privacy.dp_sgd``.
+    trains only the dense layers; ``"seen"`` also trains the embedding rows the
+    cloud's (pre-regulation) data uses, and leaves every other row — the new users'
+    ids, items the cloud never saw — exactly as downloaded. Under
+    ``privacy.user_level_dp`` the released sum then carries no noise where no device
+    can change anything (every device's update there is exactly 0, whatever its
+    data). Not with ``privacy.dp_sgd``; ``"seen"`` with the ``federated``, ``metaua``
+    and ``relayrec`` methods.
     """
 
     epochs: int = 5
     batch_size: int = 32
     lr: float = 1e-3
-    trainable: Literal["all", "dense"] = "all"
+    trainable: Literal["all", "dense", "seen"] = "all"
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ __all__ = [
     "frozen_parameters",
     "iterate_batches",
     "make_optimizer",
+    "parameter_masks",
     "predict",
     "soft_bce_with_logits",
     "train_epochs",
@@ -35,9 +36,10 @@ __all__ = [
 ]
 
 OptimizerName = Literal["sgd", "adam", "adagrad"]
-#: What local training may change: every parameter, or every parameter but the
-#: embedding tables (``"dense"``).
-TRAINABLE = ("all", "dense")
+#: What local training may change: every parameter, every parameter but the
+#: embedding tables (``"dense"``), or the dense layers and the embedding rows the
+#: cloud has seen (``"seen"``: ``TrainConfig.trainable_rows``).
+TRAINABLE = ("all", "dense", "seen")
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,15 @@ class TrainConfig:
         FedProx proximal weight μ (>= 0): adds μ/2·‖w − w_ref‖² towards the
         reference weights passed to :func:`train_epochs`.
     trainable:
-        ``"all"`` (default) or ``"dense"``: the embedding tables stay exactly as
-        they were (:func:`frozen_parameters`), only the dense layers train — under
-        user-level DP the released sum then has no noise on the tables
+        ``"all"`` (default); ``"dense"``: the embedding tables stay exactly as
+        they were, only the dense layers train; ``"seen"``: the dense layers and
+        the embedding rows in ``trainable_rows`` train (e.g. the rows the cloud's
+        data uses), every other row stays exactly as it was. Under user-level DP the
+        released sum then has no noise where no device can change anything
         (:func:`trainable_mask`).
+    trainable_rows:
+        ``"seen"`` only: the rows of the field embedding table (global indices,
+        :meth:`~secrelay.data.Schema.column_vocab_offsets` added) that may train.
     """
 
     epochs: int = 1
@@ -72,7 +79,8 @@ class TrainConfig:
     optimizer: OptimizerName = "adam"
     weight_decay: float = 0.0
     prox_mu: float = 0.0
-    trainable: Literal["all", "dense"] = "all"
+    trainable: Literal["all", "dense", "seen"] = "all"
+    trainable_rows: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 0:
@@ -95,24 +103,50 @@ class TrainConfig:
             raise InvalidParameterError(
                 f"`trainable` must be one of {TRAINABLE}; got {self.trainable!r}"
             )
+        if (self.trainable == "seen") != (self.trainable_rows is not None):
+            raise InvalidParameterError(
+                "`trainable_rows` (the embedding rows that may train) goes with "
+                f"trainable = 'seen' and only with it; got trainable = {self.trainable!r}, "
+                f"trainable_rows {'set' if self.trainable_rows is not None else 'None'} (a "
+                "method that does not supply the cloud's rows cannot train 'seen')"
+            )
 
 
-def frozen_parameters(model: nn.Module, trainable: str) -> list[nn.Parameter]:
-    """The parameters local training leaves untouched: none for ``"all"``; the
-    weights of every embedding table (``nn.Embedding``/``nn.EmbeddingBag``) for
-    ``"dense"``."""
+def parameter_masks(
+    model: nn.Module, trainable: str, rows: tuple[int, ...] | None = None
+) -> dict[int, torch.Tensor]:
+    """``id(parameter)`` -> boolean mask of the entries training may change, for every
+    parameter that is not wholly trainable: each embedding table's weight — all
+    ``False`` for ``"dense"``; for ``"seen"``, ``True`` on the rows in ``rows`` of a
+    table with one row per vocabulary entry (any other table: all ``False``)."""
     if trainable == "all":
-        return []
-    if trainable != "dense":
+        return {}
+    if trainable not in TRAINABLE:
         raise InvalidParameterError(f"`trainable` must be one of {TRAINABLE}; got {trainable!r}")
-    out: list[nn.Parameter] = []
+    out: dict[int, torch.Tensor] = {}
     for module in model.modules():
-        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-            out.extend(module.parameters(recurse=False))
+        if not isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            continue
+        weight = module.weight
+        mask = torch.zeros(weight.shape, dtype=torch.bool)
+        if trainable == "seen" and rows and max(rows) < weight.shape[0]:
+            mask[torch.tensor(rows, dtype=torch.long)] = True
+        out[id(weight)] = mask
     return out
 
 
-def trainable_mask(model: nn.Module, trainable: str) -> np.ndarray:
+def frozen_parameters(
+    model: nn.Module, trainable: str, rows: tuple[int, ...] | None = None
+) -> list[nn.Parameter]:
+    """The parameters local training leaves wholly untouched (every embedding table
+    for ``"dense"``; none for ``"all"``)."""
+    masks = parameter_masks(model, trainable, rows)
+    return [p for p in model.parameters() if id(p) in masks and not bool(masks[id(p)].any())]
+
+
+def trainable_mask(
+    model: nn.Module, trainable: str, rows: tuple[int, ...] | None = None
+) -> np.ndarray:
     """Boolean mask over the flat layout (:func:`~secrelay.models.utils.flatten_parameters`):
     ``False`` where training with ``trainable`` can never change a value.
 
@@ -121,12 +155,14 @@ def trainable_mask(model: nn.Module, trainable: str) -> np.ndarray:
     >>> net = nn.Sequential(nn.Embedding(3, 2), nn.Linear(2, 1))
     >>> trainable_mask(net, "dense").tolist()
     [False, False, False, False, False, False, True, True, True]
+    >>> trainable_mask(net, "seen", (1,)).tolist()
+    [False, False, True, True, False, False, True, True, True]
     """
     from secrelay.models.utils import _unwrap
 
-    frozen = {id(p) for p in frozen_parameters(model, trainable)}
+    masks = parameter_masks(model, trainable, rows)
     parts = [
-        np.full(t.numel(), id(t) not in frozen, dtype=bool)
+        masks[id(t)].numpy().ravel() if id(t) in masks else np.ones(t.numel(), dtype=bool)
         for t in _unwrap(model).state_dict(keep_vars=True).values()
         if t.is_floating_point()
     ]
@@ -205,9 +241,18 @@ def train_epochs(
     if y_np.shape != (len(data),):
         raise InvalidParameterError(f"`labels` must have shape ({len(data)},); got {y_np.shape}")
     y_all = torch.from_numpy(np.array(y_np, dtype=np.float32))
-    frozen = [p for p in frozen_parameters(model, config.trainable) if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
+    masks = parameter_masks(model, config.trainable, config.trainable_rows)
+    frozen, hooks = [], []
+    for p in model.parameters():
+        mask = masks.get(id(p))
+        if mask is None or not p.requires_grad:
+            continue
+        if not bool(mask.any()):
+            p.requires_grad_(False)
+            frozen.append(p)
+        else:  # rows outside the mask get a zero gradient: no optimizer moves them
+            keep = mask.to(p.dtype)
+            hooks.append(p.register_hook(lambda g, keep=keep: g * keep))  # type: ignore[no-untyped-call]
     try:
         return _train_epochs(
             model, x_all, y_all, config, generator, reference, optimizer, on_batch, len(data)
@@ -215,6 +260,8 @@ def train_epochs(
     finally:
         for p in frozen:
             p.requires_grad_(True)
+        for h in hooks:
+            h.remove()
 
 
 def _train_epochs(

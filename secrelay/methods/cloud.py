@@ -17,8 +17,11 @@ from secrelay.training import TrainConfig, train_epochs
 __all__ = ["make_train_config", "model_spec_from", "train_cloud_model"]
 
 
-def make_train_config(section: Any, *, prox_mu: float = 0.0) -> TrainConfig:
-    """A :class:`TrainConfig` from a ``[cloud]`` / ``[local]`` config section."""
+def make_train_config(
+    section: Any, *, prox_mu: float = 0.0, trainable_rows: tuple[int, ...] | None = None
+) -> TrainConfig:
+    """A :class:`TrainConfig` from a ``[cloud]`` / ``[local]`` config section;
+    ``trainable_rows``: the embedding rows ``trainable = "seen"`` may train."""
     return TrainConfig(
         epochs=section.epochs,
         batch_size=section.batch_size,
@@ -27,7 +30,16 @@ def make_train_config(section: Any, *, prox_mu: float = 0.0) -> TrainConfig:
         weight_decay=section.weight_decay,
         prox_mu=prox_mu,
         trainable=getattr(section, "trainable", "all"),
+        trainable_rows=trainable_rows,
     )
+
+
+def seen_rows(data: CTRDataset) -> tuple[int, ...]:
+    """The rows of the field embedding table that ``data`` uses (global indices: each
+    column's value plus its field's offset)."""
+    offsets = np.asarray(data.schema.column_vocab_offsets(), dtype=np.int64)
+    x = np.asarray(data.x, dtype=np.int64)
+    return tuple(int(r) for r in np.unique(x + offsets)) if len(x) else ()
 
 
 def model_spec_from(config: RunConfig, schema: Schema) -> ModelSpec:

@@ -73,7 +73,7 @@ class FederatedMethod(LoopMethod):
             sampling="fixed" if personal else self.ctx.config.federated.sampling,
         )
         program = self.strategy.client_program(
-            self.ctx.model_spec, PlainTrainer(make_train_config(self.ctx.config.local))
+            self.ctx.model_spec, PlainTrainer(self.local_train_config())
         )
         self.loop = self.build_loop(self.strategy, program, config=rc, rounds=self.num_rounds())
 

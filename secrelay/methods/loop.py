@@ -17,7 +17,9 @@ from secrelay.federated.client import ClientProgram
 from secrelay.federated.loop import FederatedLoop, RoundConfig, RoundRecord
 from secrelay.federated.strategies import Strategy
 from secrelay.methods.base import Method
+from secrelay.methods.cloud import make_train_config, seen_rows
 from secrelay.privacy.plan import PrivacyPlan
+from secrelay.training import TrainConfig
 
 __all__ = ["LoopMethod", "round_config_from"]
 
@@ -50,6 +52,14 @@ class LoopMethod(Method):
     supports_privacy: ClassVar[bool] = True
     loop: FederatedLoop
     _round_records: tuple[LedgerRecord, ...] = ()
+
+    def local_train_config(self) -> TrainConfig:
+        """``[local]`` as the devices' :class:`TrainConfig`; with ``trainable = "seen"``
+        the embedding rows the cloud's data uses are the ones that may train (public:
+        the cloud's own data, sent with the model)."""
+        local = self.ctx.config.local
+        rows = seen_rows(self.ctx.data.cloud) if local.trainable == "seen" else None
+        return make_train_config(local, trainable_rows=rows)
 
     def round_config(self, **overrides: Any) -> RoundConfig:
         """The ``[federated]`` sampling, dropout and evaluation settings."""

@@ -488,8 +488,8 @@ class PrivacyPlan:
             )
         elif p.dp_sgd and inner.trainer.config.trainable != "all":  # type: ignore[attr-defined]
             problems.append(
-                "local.trainable = 'dense' is not supported with privacy.dp_sgd (DP-SGD "
-                "trains every parameter); set local.trainable = 'all'"
+                f"local.trainable = {inner.trainer.config.trainable!r} is not supported with "  # type: ignore[attr-defined]
+                "privacy.dp_sgd (DP-SGD trains every parameter); set local.trainable = 'all'"
             )
         if p.user_level_dp:
             problems.extend(self.strategy_problems(strategy))
@@ -563,10 +563,11 @@ class PrivacyPlan:
             assert p.clipping_norm is not None
             spec = strategy.release_spec(float(p.clipping_norm))
             assert spec is not None
-            trainable = _trainable(program)
-            if trainable != "all":
+            train = _train_config(program)
+            if train is not None and train.trainable != "all":
                 # Devices never change the frozen coordinates: no noise there.
-                spec = spec.with_model_support(trainable_mask(model_spec.build(), trainable))
+                mask = trainable_mask(model_spec.build(), train.trainable, train.trainable_rows)
+                spec = spec.with_model_support(mask)
             base = self.private_sum(
                 base,
                 strategy,
@@ -621,8 +622,8 @@ class PrivacyPlan:
         return tuple(out)
 
 
-def _trainable(program: ClientProgram) -> str:
-    """What the device program's local trainer may change (``TrainConfig.trainable``)."""
+def _train_config(program: ClientProgram) -> TrainConfig | None:
+    """The device program's local training config (what its trainer may change)."""
     inner = program.inner if isinstance(program, PersonalizedProgram) else program
     config = getattr(getattr(inner, "trainer", None), "config", None)
-    return str(getattr(config, "trainable", "all"))
+    return config if isinstance(config, TrainConfig) else None

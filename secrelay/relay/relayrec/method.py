@@ -244,7 +244,7 @@ class RelayRecMethod(LoopMethod):
         )
         program = self.strategy.client_program(
             self.ctx.model_spec,
-            PlainTrainer(make_train_config(self.ctx.config.local)),
+            PlainTrainer(self.local_train_config()),
             selector=PrivateKey("model_key"),
         )
         self.loop = self.build_loop(

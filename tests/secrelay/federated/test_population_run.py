@@ -56,6 +56,19 @@ def _quiet(_: str) -> None:
     pass
 
 
+def _record_loads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ids of the devices whose rows this (the server's) process loads from now on."""
+    loaded: list[int] = []
+    original = PopulationSource.load
+
+    def recording(self: PopulationSource, device_id: int) -> Any:
+        loaded.append(int(device_id))
+        return original(self, device_id)
+
+    monkeypatch.setattr(PopulationSource, "load", recording)
+    return loaded
+
+
 def test_prepared_population_is_lazy_and_its_cloud_is_other_users() -> None:
     data = prepare_data(_config())
     assert data.population is not None and len(data.devices) == N_DEVICES
@@ -90,14 +103,7 @@ def test_run_is_the_same_across_executors_and_server_reads_only_the_eval_sample(
     seq = run(_config("sequential"), tmp_path / "seq", progress=False, log=_quiet)
     # Every load in this (the server's) process is recorded; spawned workers re-import
     # the class and load unrecorded.
-    loaded: list[int] = []
-    original = PopulationSource.load
-
-    def recording(self: PopulationSource, device_id: int) -> Any:
-        loaded.append(int(device_id))
-        return original(self, device_id)
-
-    monkeypatch.setattr(PopulationSource, "load", recording)
+    loaded = _record_loads(monkeypatch)
     proc = run(_config("process"), tmp_path / "proc", progress=False, log=_quiet)
     assert proc.records == seq.records
     assert [r["eval_devices"] for r in proc.records[1:]] == [5, 5]
@@ -114,14 +120,7 @@ def test_server_never_loads_a_trained_device_with_the_process_executor(
     spec = ModelSpec("lr", data.cloud.schema)
     strategy = FedAvg()
     strategy.initialize({"global": np.zeros(spec.num_parameters(), np.float32)})
-    loaded: list[int] = []
-    original = PopulationSource.load
-
-    def recording(self: PopulationSource, device_id: int) -> Any:
-        loaded.append(int(device_id))
-        return original(self, device_id)
-
-    monkeypatch.setattr(PopulationSource, "load", recording)
+    loaded = _record_loads(monkeypatch)
     loop = FederatedLoop(
         strategy,
         strategy.client_program(spec, PlainTrainer(TrainConfig(epochs=1, batch_size=8))),
@@ -163,14 +162,7 @@ def test_relayrec_runs_on_a_population_choosing_lazily(
     # Each device chooses its initial model when it is first sampled or evaluated:
     # the server never loads the other devices' rows, and the run resumes to the
     # same records (the cloud phase is redone for the devices not yet seen).
-    loaded: list[int] = []
-    original = PopulationSource.load
-
-    def recording(self: PopulationSource, device_id: int) -> Any:
-        loaded.append(int(device_id))
-        return original(self, device_id)
-
-    monkeypatch.setattr(PopulationSource, "load", recording)
+    loaded = _record_loads(monkeypatch)
     cfg = _config(method=_RELAYREC)
     full = run(cfg, tmp_path / "full", progress=False, log=_quiet)
     assert full.final["complete"] and full.records[-1]["eval_devices"] == 5

@@ -116,3 +116,67 @@ def test_config_key() -> None:
         load_config(local={"trainable": "embeddings"})
     with pytest.raises(InvalidParameterError, match="`trainable` must be one of"):
         TrainConfig(trainable="sparse")  # type: ignore[arg-type]
+
+
+def test_seen_training_moves_only_the_given_rows(make_devices, dnn_spec) -> None:
+    devices = make_devices()
+    model = dnn_spec.build()
+    before = flat_parameters(model)
+    used = tuple(
+        int(r)
+        for r in np.unique(
+            devices[0].train.x + np.asarray(devices[0].train.schema.column_vocab_offsets())
+        )
+    )
+    rows = used[: len(used) // 2]  # half the rows this device's data uses
+    train_epochs(
+        model,
+        devices[0].train,
+        TrainConfig(epochs=3, batch_size=4, lr=0.1, trainable="seen", trainable_rows=rows),
+        generator=torch.Generator().manual_seed(0),
+    )
+    delta = flat_parameters(model) - before
+    mask = trainable_mask(model, "seen", rows)
+    assert np.all(delta[~mask] == 0.0)  # every other row (and nothing else) unchanged
+    assert np.any(delta[mask] != 0.0)
+    table = model.embedding.embedding.weight.shape
+    emb_delta = delta[: table[0] * table[1]].reshape(table)
+    moved_rows = set(np.flatnonzero(np.any(emb_delta != 0.0, axis=1)).tolist())
+    assert moved_rows and moved_rows <= set(rows)
+
+
+def test_seen_needs_its_rows() -> None:
+    with pytest.raises(InvalidParameterError, match="trainable_rows"):
+        TrainConfig(trainable="seen")
+    with pytest.raises(InvalidParameterError, match="trainable_rows"):
+        TrainConfig(trainable_rows=(1, 2))
+
+
+def test_a_dp_run_training_seen_rows_releases_nothing_off_its_support(tmp_path) -> None:
+    # The wrapper refuses any contribution that is non-zero off the support, so a run
+    # that completes shows the devices never moved a row the cloud did not see.
+    from secrelay.experiment import run
+    from secrelay.methods.cloud import seen_rows
+    from secrelay.methods.data import prepare_data
+
+    cfg = load_config(
+        run={"name": "seen", "seed": 2, "progress": False},
+        data={"name": "synthetic", "options": {"n_users": 16, "samples_per_user": 20}},
+        model={"name": "dnn", "embedding_dim": 4, "options": {"hidden_units": [8]}},
+        cloud={"epochs": 1},
+        local={"epochs": 1, "batch_size": 8, "trainable": "seen"},
+        federated={"rounds": 2, "clients_per_round": 6},
+        strategy={"name": "fedavg", "params": {"weighting": "uniform"}},
+        privacy={
+            "user_level_dp": True,
+            "clipping_norm": 0.5,
+            "noise_multiplier": 1.0,
+            "randomness": "reproducible",
+        },
+    )
+    data = prepare_data(cfg)
+    rows = seen_rows(data.cloud)
+    total = data.full.schema.total_vocab
+    assert 0 < len(rows) < total  # the devices' new users are rows the cloud never saw
+    result = run(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    assert result.final["complete"] and result.epsilon is not None
