@@ -206,7 +206,7 @@ def _execute(
             method.load_state_dict(state["method"])
             records = [dict(r) for r in state["records"]]
             start = int(state["round"]) + 1
-            usage = _Usage(t0, transcript, state.get("usage"))
+            usage = _Usage(t0, transcript, _prior_usage(run_dir, state))
             write_jsonl(run_dir / "metrics.jsonl", records)
             if session is not None:
                 session.reconcile(state.get("privacy"))
@@ -306,6 +306,24 @@ def _epsilon_line(spent: Mapping[str, Any]) -> str:
         f"privacy spent: {body} at δ = {spent['delta']:g} ({spent['accountant']}); "
         "`secrelay audit RUN_DIR` for the full report"
     )
+
+
+def _prior_usage(run_dir: Path, state: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The usage a resumed run starts from: the checkpoint's, or — for a run that had
+    finished — its summary's, which also counts the time after the last checkpoint
+    (final evaluation, report), so a resumed run's seconds never go backwards."""
+    prior: Mapping[str, Any] | None = state.get("usage")
+    summary = run_dir / "summary.json"
+    if prior is None or not summary.is_file():
+        return prior
+    try:
+        done = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return prior
+    if done.get("rounds_completed") != state.get("round"):
+        return prior
+    seconds = max(float(prior["seconds"]), float(done.get("seconds", 0.0)))
+    return {**prior, "seconds": seconds}
 
 
 class _Usage:
