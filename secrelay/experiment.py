@@ -81,7 +81,18 @@ def _input_problems(config: RunConfig) -> list[str]:
             f"directory: {Path(config.data.path).resolve()})"
         )
     problems += population_problems(config)
+    if config.local.trainable == "seen" and config.method.name not in SEEN_ROW_METHODS:
+        problems.append(
+            f"local.trainable = 'seen' needs the cloud's embedding rows, which method "
+            f"{config.method.name!r} does not pass to its devices; use one of "
+            f"{sorted(SEEN_ROW_METHODS)}, or local.trainable = 'all' / 'dense'"
+        )
     return problems
+
+
+#: Methods whose devices train with :meth:`LoopMethod.local_train_config`, which
+#: resolves ``local.trainable = "seen"`` (the cloud's rows).
+SEEN_ROW_METHODS = frozenset({"federated", "metaua", "relayrec"})
 
 
 def check_config(config: RunConfig, method: type[Method] | None = None) -> type[Method]:

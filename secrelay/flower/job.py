@@ -54,6 +54,12 @@ def flower_problems(config: RunConfig) -> list[str]:
             "federated.dropout_rate simulates dropouts in-process; over Flower devices "
             f"drop out for real: set it to 0 (got {config.federated.dropout_rate!r})"
         )
+    if config.local.trainable != "all":
+        problems.append(
+            "local.trainable = 'dense' / 'seen' is not wired into the Flower app yet (its "
+            "devices build the trainer and the DP release from the run config alone); set "
+            f"local.trainable = 'all' (got {config.local.trainable!r})"
+        )
     return problems
 
 

@@ -104,11 +104,13 @@ def test_flower_job_refuses_what_it_cannot_run() -> None:
         run={"name": "x", "progress": False},
         data={"name": "synthetic", "options": {"n_users": 4, "samples_per_user": 10}},
         federated={"dropout_rate": 0.2},
+        local={"trainable": "seen"},
         privacy={"secure_aggregation": False},
     )
     problems = flower_problems(bad)
     assert any("secure_aggregation" in p for p in problems)
     assert any("dropout_rate" in p for p in problems)
+    assert any("local.trainable" in p for p in problems)
 
 
 def test_missing_flwr_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -180,3 +180,19 @@ def test_a_dp_run_training_seen_rows_releases_nothing_off_its_support(tmp_path) 
     assert 0 < len(rows) < total  # the devices' new users are rows the cloud never saw
     result = run(cfg, tmp_path / "run", progress=False, log=lambda _: None)
     assert result.final["complete"] and result.epsilon is not None
+
+
+def test_seen_is_refused_before_the_run_by_methods_that_cannot_supply_the_rows(
+    tmp_path,
+) -> None:
+    from secrelay.experiment import run
+
+    cfg = load_config(
+        run={"name": "seen-lcft", "progress": False},
+        data={"name": "synthetic", "options": {"n_users": 8, "samples_per_user": 10}},
+        local={"trainable": "seen"},
+        method={"name": "lcft"},
+    )
+    with pytest.raises(ConfigError, match=r"local\.trainable = 'seen' needs the cloud's"):
+        run(cfg, tmp_path / "r", progress=False, log=lambda _: None)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
