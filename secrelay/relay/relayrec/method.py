@@ -16,7 +16,7 @@ rounds; ``[strategy]`` is not used (``method.options.collaboration`` chooses).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -128,7 +128,7 @@ class RelayRecMethod(LoopMethod):
         self.strategy.initialize(sel["initial"])
         self._build_loop(store)
 
-    def _selection(self, sel: Mapping[str, Any]) -> Any:
+    def _selection(self, sel: Mapping[str, Any]) -> Callable[[int], dict[str, Any]]:
         """Algorithm 3, steps 1-2, as a function of the device id: what the device
         stores (its chosen key); see :func:`select_device_key`."""
         opts, seed, he = self.options, self.ctx.seed, sel["he"]
