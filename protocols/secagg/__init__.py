@@ -12,6 +12,9 @@ Public API
     Explicit state machines (messages are bytes; any transport works).
 :func:`simulate_secure_sum`, :class:`SecureSumResult`
     The in-process driver, returning the decoded sum and the server's view.
+:func:`drive_server`, :data:`StageExchange`
+    The server's stage loop over any transport (dropouts, the top-up pass); the
+    in-process driver and the Flower app both run it.
 :class:`FixedPointEncoder`, :class:`SecureRandom`
     Fixed-point encoding with stochastic rounding; the AES-CTR CSPRNG.
 :class:`IdentityDirectory`, :class:`IdentityKey`, :func:`make_identity_keys`
@@ -33,7 +36,14 @@ from protocols.secagg.config import (
     dropout_failure_probability,
     voting_degree,
 )
-from protocols.secagg.driver import SecureSumResult, flatten_parts, simulate_secure_sum
+from protocols.secagg.driver import (
+    SecureSumResult,
+    ServerLoopStats,
+    StageExchange,
+    drive_server,
+    flatten_parts,
+    simulate_secure_sum,
+)
 from protocols.secagg.encoding import FixedPointEncoder
 from protocols.secagg.graph import (
     NeighbourGraph,
@@ -70,9 +80,11 @@ __all__ = [
     "SecAggServer",
     "SecureRandom",
     "SecureSumResult",
+    "ServerLoopStats",
     "ServerView",
     "ShareKind",
     "Stage",
+    "StageExchange",
     "combine_shares",
     "combine_shares_verified",
     "consistency_quorum",
@@ -80,6 +92,7 @@ __all__ = [
     "default_neighbours",
     "default_threshold",
     "default_vote_slack",
+    "drive_server",
     "dropout_failure_probability",
     "expand_mask",
     "flatten_parts",

@@ -1,9 +1,16 @@
-"""In-process driver: run one secure-aggregation round among simulated clients.
+"""Drivers: the server's stage loop, and one secure-aggregation round among
+simulated clients.
+
+:func:`drive_server` is the server side of a round over any transport: it hands
+each stage's messages to the clients still in the round, feeds the replies to
+:class:`~protocols.secagg.server.SecAggServer`, treats a client that does not
+answer as dropped, and runs the consistency check's top-up pass. The in-process
+driver and the Flower app both run it, so the two cannot drift apart.
 
 :func:`simulate_secure_sum` wires :class:`~protocols.secagg.client.SecAggClient`
-and :class:`~protocols.secagg.server.SecAggServer` together through bytes only
-(exactly as a transport would), injects dropouts per stage, and returns the
-decoded sum together with the server's view, byte counts and timings.
+and the server together through bytes only (exactly as a transport would), injects
+dropouts per stage, and returns the decoded sum together with the server's view,
+byte counts and timings.
 """
 
 from __future__ import annotations
@@ -11,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from protocols.errors import InvalidParameterError, ProtocolAbort
+from protocols.errors import InvalidParameterError, MessageError, ProtocolAbort
 from protocols.secagg.client import SecAggClient
 from protocols.secagg.config import SecAggConfig, Stage
 from protocols.secagg.graph import make_graph
@@ -26,7 +33,14 @@ from protocols.secagg.pki import IdentityDirectory, IdentityKey
 from protocols.secagg.rng import SecureRandom
 from protocols.secagg.server import SecAggServer, ServerView
 
-__all__ = ["SecureSumResult", "flatten_parts", "simulate_secure_sum"]
+__all__ = [
+    "SecureSumResult",
+    "ServerLoopStats",
+    "StageExchange",
+    "drive_server",
+    "flatten_parts",
+    "simulate_secure_sum",
+]
 
 ClientInput = ArrayLike | Sequence[np.ndarray]
 
@@ -81,6 +95,123 @@ class SecureSumResult:
     config: SecAggConfig
     client_stage_seconds: Mapping[Stage, float] = field(default_factory=dict, repr=False)
     server_stage_seconds: Mapping[Stage, float] = field(default_factory=dict, repr=False)
+
+
+#: One exchange with the clients: ``(stage, requests)`` → replies. ``requests`` maps
+#: each client asked to the server's message for it (``None`` at ``advertise_keys``:
+#: the client starts the round); the replies are those of the clients that answered
+#: (one that does not answer has dropped out). A top-up pass at the consistency
+#: check is a second exchange of the same stage, asking only some clients.
+StageExchange = Callable[[Stage, Mapping[int, bytes | None]], Mapping[int, bytes]]
+
+
+@dataclass(frozen=True)
+class ServerLoopStats:
+    """What :func:`drive_server` measured (the server's result is on the server).
+
+    Attributes
+    ----------
+    bytes_sent:
+        Client id → bytes the client sent to the server.
+    bytes_received:
+        Client id → bytes the server sent to the client.
+    server_stage_seconds:
+        Stage → wall seconds the server spent receiving that stage's messages and
+        closing the stage.
+    rejected:
+        Client id → the server's reason, for replies it rejected (only with
+        ``drop_rejected``; the client is then treated as dropped).
+    """
+
+    bytes_sent: Mapping[int, int]
+    bytes_received: Mapping[int, int]
+    server_stage_seconds: Mapping[Stage, float]
+    rejected: Mapping[int, str]
+
+    @property
+    def server_seconds(self) -> float:
+        """Wall seconds spent in the server over all stages."""
+        return sum(self.server_stage_seconds.values())
+
+
+def drive_server(
+    server: SecAggServer,
+    exchange: StageExchange,
+    *,
+    n_clients: int,
+    drop_rejected: bool = False,
+) -> ServerLoopStats:
+    """Run ``server`` from ``advertise_keys`` to its result over ``exchange``.
+
+    Each stage asks the clients still in the round (at ``advertise_keys``: all of
+    them); a client that does not answer has dropped out and is not asked again.
+    When the server stays at a stage after closing it — the consistency check's
+    top-up pass — the next exchange asks only the clients it addressed, and only
+    those of them that do not answer leave the round.
+
+    Parameters
+    ----------
+    server:
+        A fresh server at ``advertise_keys``.
+    exchange:
+        Delivers one stage's messages and returns the replies (:data:`StageExchange`).
+    n_clients:
+        The round's client ids are ``0 .. n_clients - 1``.
+    drop_rejected:
+        ``False`` (default): a reply the server rejects raises its
+        :class:`~protocols.errors.MessageError` (in-process simulations, where
+        every client is ours). ``True``: the sender is treated as dropped and the
+        reason kept in :attr:`ServerLoopStats.rejected` (a real transport, where a
+        malformed or forged reply is the sender's problem, not the round's).
+
+    Raises
+    ------
+    ProtocolAbort
+        The server aborted (too few survivors, a refused survivor graph, a failed
+        reconstruction): nothing is revealed.
+    """
+    if server.stage is not Stage.ADVERTISE_KEYS:
+        raise InvalidParameterError(
+            f"`server` must be fresh (at advertise_keys); it is at {server.stage.value!r}"
+        )
+    active = set(range(n_clients))
+    outgoing: dict[int, bytes] = {}
+    sent = dict.fromkeys(range(n_clients), 0)
+    received = dict.fromkeys(range(n_clients), 0)
+    stage_seconds: dict[Stage, float] = {}
+    rejected: dict[int, str] = {}
+    stage, top_up = server.stage, False
+    while stage not in (Stage.DONE, Stage.ABORTED):
+        requests: dict[int, bytes | None]
+        if stage is Stage.ADVERTISE_KEYS:
+            requests = dict.fromkeys(sorted(active))
+        else:
+            requests = {i: outgoing[i] for i in sorted(active & set(outgoing))}
+            for i in requests:
+                received[i] += len(outgoing[i])
+        answered = {i: data for i, data in exchange(stage, requests).items() if i in requests}
+        if top_up:
+            active -= set(requests) - set(answered)  # a top-up pass asks only some clients
+        else:
+            active &= set(answered)
+        start = time.perf_counter()
+        try:
+            for i, data in sorted(answered.items()):
+                sent[i] += len(data)
+                try:
+                    server.receive(data)
+                except MessageError as exc:
+                    if not drop_rejected:
+                        raise
+                    rejected[i] = str(exc)
+                    active.discard(i)
+            outgoing = server.advance()
+        finally:
+            stage_seconds[stage] = stage_seconds.get(stage, 0.0) + time.perf_counter() - start
+        # The server stays at a stage only for the consistency check's top-up pass.
+        top_up = server.stage is stage
+        stage = server.stage
+    return ServerLoopStats(sent, received, stage_seconds, rejected)
 
 
 def flatten_parts(value: ClientInput) -> tuple[NDArray[np.float64], tuple[tuple[int, ...], ...]]:
@@ -243,8 +374,6 @@ def simulate_secure_sum(
 
     graph = make_graph(n, config.k, round_id, beacon)
     client_seconds = dict.fromkeys(range(n), 0.0)
-    bytes_sent = dict.fromkeys(range(n), 0)
-    bytes_received = dict.fromkeys(range(n), 0)
     aborted: dict[int, str] = {}
     clients: dict[int, SecAggClient] = {}
     for i in range(n):
@@ -265,52 +394,34 @@ def simulate_secure_sum(
     start = time.perf_counter()
     server = SecAggServer(config=config, round_id=round_id, graph=graph, beacon=beacon)
     server_seconds = time.perf_counter() - start
-    active = set(range(n))
-    outgoing: dict[int, bytes] = {}
     client_stage = dict.fromkeys(config.stages, 0.0)
-    server_stage = dict.fromkeys(config.stages, 0.0)
-    server_stage[Stage.ADVERTISE_KEYS] = server_seconds
+    gone: set[int] = set()  # dropped out (injected) or aborted
 
-    for stage in config.stages:
-        active -= drop.get(stage, set())
-        top_up = False
-        while True:  # a stage runs twice when the server asks for a top-up pass
-            replies = {}
-            if stage is Stage.ADVERTISE_KEYS:
-                for i in sorted(active):
-                    start = time.perf_counter()
-                    replies[i] = clients[i].advertise_keys()
-                    spent = time.perf_counter() - start
-                    client_seconds[i] += spent
-                    client_stage[stage] += spent
-            else:
-                asked = active & set(outgoing)
-                for i in sorted(asked):
-                    bytes_received[i] += len(outgoing[i])
-                    start = time.perf_counter()
-                    try:
-                        replies[i] = clients[i].handle(outgoing[i])
-                    except ProtocolAbort as exc:
-                        aborted[i] = str(exc)
-                    finally:
-                        spent = time.perf_counter() - start
-                        client_seconds[i] += spent
-                        client_stage[stage] += spent
-                if top_up:
-                    active -= asked - set(replies)  # only some clients were asked
-                else:
-                    active &= set(replies)
+    def exchange(stage: Stage, requests: Mapping[int, bytes | None]) -> dict[int, bytes]:
+        gone.update(drop.get(stage, ()))
+        replies = {}
+        for i, message in requests.items():
+            if i in gone:
+                continue
             start = time.perf_counter()
-            for i, data in replies.items():
-                bytes_sent[i] += len(data)
-                server.receive(data)
-            outgoing = server.advance()
-            spent = time.perf_counter() - start
-            server_seconds += spent
-            server_stage[stage] += spent
-            if server.stage is not stage:
-                break
-            top_up = True
+            try:
+                if message is None:
+                    replies[i] = clients[i].advertise_keys()
+                else:
+                    replies[i] = clients[i].handle(message)
+            except ProtocolAbort as exc:
+                aborted[i] = str(exc)
+                gone.add(i)
+            finally:
+                spent = time.perf_counter() - start
+                client_seconds[i] += spent
+                client_stage[stage] += spent
+        return replies
+
+    stats = drive_server(server, exchange, n_clients=n)
+    server_stage = {s: stats.server_stage_seconds.get(s, 0.0) for s in config.stages}
+    server_stage[Stage.ADVERTISE_KEYS] += server_seconds
+    server_seconds += stats.server_seconds
 
     result = server.result()
     return SecureSumResult(
@@ -318,8 +429,8 @@ def simulate_secure_sum(
         parts=_split(result.sum, shapes),
         survivors=result.survivors,
         server_view=server.view,
-        bytes_sent=bytes_sent,
-        bytes_received=bytes_received,
+        bytes_sent=stats.bytes_sent,
+        bytes_received=stats.bytes_received,
         client_seconds=client_seconds,
         server_seconds=server_seconds,
         aborted_clients=aborted,

@@ -32,7 +32,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, ConfigRecordValues, Messa
 from flwr.serverapp import Grid
 
 from protocols.dp.ledger import LedgerRecord
-from protocols.errors import ConfigError, MessageError, ProtocolAbort
+from protocols.errors import ConfigError, ProtocolAbort
 from protocols.secagg import (
     IdentityDirectory,
     SecAggConfig,
@@ -40,6 +40,7 @@ from protocols.secagg import (
     SecureRandom,
     SecureSumResult,
     Stage,
+    drive_server,
     make_graph,
 )
 from secrelay.config import RunConfig
@@ -270,50 +271,29 @@ class FlowerSecureSum(SecureSum):
         t0 = time.perf_counter()
         server = SecAggServer(config=config, round_id=round_id, graph=graph, beacon=beacon)
         server_seconds = time.perf_counter() - t0
-        active = set(range(n))
-        outgoing: dict[int, bytes] = {}
-        sent = dict.fromkeys(range(n), 0)
-        received = dict.fromkeys(range(n), 0)
         setup_rec: dict[str, ConfigRecordValues] = {"setup": True, **setup.to_record()}
         position = {d: i for i, d in enumerate(devices)}
-        stage, top_up = Stage.ADVERTISE_KEYS, False
-        while stage not in (Stage.DONE, Stage.ABORTED):
-            if stage is Stage.ADVERTISE_KEYS:
-                asked = set(active)
-                contents = {
-                    devices[i]: RecordDict({REC_SECAGG: ConfigRecord(dict(setup_rec))})
-                    for i in sorted(active)
-                }
-            else:
-                asked = active & set(outgoing)
-                contents = {
-                    devices[i]: RecordDict({REC_SECAGG: ConfigRecord({"data": outgoing[i]})})
-                    for i in sorted(asked)
-                }
-                for i in asked:
-                    received[i] += len(outgoing[i])
-            replies = self.transport.send(MSG_SECAGG, contents)
+
+        def exchange(stage: Stage, requests: Mapping[int, bytes | None]) -> dict[int, bytes]:
+            contents = {
+                devices[i]: RecordDict(
+                    {
+                        REC_SECAGG: ConfigRecord(
+                            dict(setup_rec) if message is None else {"data": message}
+                        )
+                    }
+                )
+                for i, message in requests.items()
+            }
             answered = {}
-            for d, r in replies.items():
+            for d, r in self.transport.send(MSG_SECAGG, contents).items():
                 data = r.get("data")
                 if isinstance(data, bytes):  # anything else: the device has dropped out
                     answered[position[d]] = data
-            if top_up:
-                active -= asked - set(answered)  # a top-up pass asks only some devices
-            else:
-                active &= set(answered)
-            t0 = time.perf_counter()
-            for i, data in sorted(answered.items()):
-                sent[i] += len(data)
-                try:
-                    server.receive(data)
-                except MessageError:
-                    active.discard(i)  # rejected: the sender is treated as dropped
-            outgoing = server.advance()
-            server_seconds += time.perf_counter() - t0
-            # The server stays at a stage only for the consistency check's top-up pass.
-            top_up = server.stage is stage
-            stage = server.stage
+            return answered
+
+        stats = drive_server(server, exchange, n_clients=n, drop_rejected=True)
+        server_seconds += stats.server_seconds
         result = server.result()
         for msg in server.view.received:
             channel.send(
@@ -331,8 +311,8 @@ class FlowerSecureSum(SecureSum):
             parts=(result.sum,),
             survivors=result.survivors,
             server_view=server.view,
-            bytes_sent=sent,
-            bytes_received=received,
+            bytes_sent=stats.bytes_sent,
+            bytes_received=stats.bytes_received,
             client_seconds=dict.fromkeys(range(n), 0.0),
             server_seconds=server_seconds,
             aborted_clients={},
