@@ -30,7 +30,13 @@ from secrelay.federated.client import (
 )
 from secrelay.federated.fedavg_family import FedProx
 from secrelay.federated.release import ReleaseSpec
-from secrelay.federated.strategy_base import SlotRule, Strategy, Weighting, _check_positive
+from secrelay.federated.strategy_base import (
+    SlotRule,
+    Strategy,
+    Weighting,
+    _check_positive,
+    _check_unit,
+)
 
 __all__ = ["ClusteredStrategy", "StandaloneStrategy", "round_count"]
 
@@ -43,7 +49,10 @@ class ClusteredStrategy(Strategy):
     ``server_optimizer = "adagrad"`` makes each key's server step FedAdagrad's
     (Reddi et al. 2021): the key's mean update Δ is a pseudo-gradient,
     v ← v + Δ², w ← w + η·Δ/(√v + τ), with one v per key, advanced only in rounds
-    where the key is updated."""
+    where the key is updated. ``server_momentum`` β > 0 (SGD only) makes it heavy-ball
+    momentum per key, m ← β·m + Δ, w ← w + η·m (DP-FedAvgM, McMahan et al. 2018): under
+    DP the noise of successive releases is averaged; η = 1 − β keeps the long-run step
+    of a constant Δ equal to FedAvg's."""
 
     name = "clustered"
 
@@ -56,10 +65,12 @@ class ClusteredStrategy(Strategy):
         count_share: float = 0.25,
         server_optimizer: Literal["sgd", "adagrad"] = "sgd",
         tau: float = 1e-3,
+        server_momentum: float = 0.0,
     ) -> None:
         super().__init__()
         _check_positive("server_lr", server_lr)
         _check_positive("tau", tau)
+        _check_unit("server_momentum", server_momentum)
         if mu < 0:
             raise InvalidParameterError(f"`mu` must be >= 0; got {mu!r}")
         if not (isinstance(count_share, (int, float)) and 0 < count_share <= 1):
@@ -68,9 +79,15 @@ class ClusteredStrategy(Strategy):
             raise InvalidParameterError(
                 f"`server_optimizer` must be 'sgd' or 'adagrad'; got {server_optimizer!r}"
             )
+        if server_momentum > 0 and server_optimizer != "sgd":
+            raise InvalidParameterError(
+                "`server_momentum` applies to the 'sgd' server step only; "
+                f"got server_optimizer = {server_optimizer!r}"
+            )
         self.server_optimizer = server_optimizer
         self.tau = float(tau)
-        self.v: dict[str, np.ndarray] = {}
+        self.server_momentum = float(server_momentum)
+        self.v: dict[str, np.ndarray] = {}  # Adagrad's accumulator, or the momentum
         self.mu = float(mu)
         self.server_lr = float(server_lr)
         self.weighting: Weighting = weighting
@@ -130,6 +147,10 @@ class ClusteredStrategy(Strategy):
                 v = self.v.get(key, np.zeros_like(mean)) + mean**2
                 self.v[key] = v
                 step = self.server_lr * mean / (np.sqrt(v) + self.tau)
+            elif self.server_momentum > 0:
+                m = self.server_momentum * self.v.get(key, np.zeros_like(mean)) + mean
+                self.v[key] = m
+                step = self.server_lr * m
             else:
                 step = self.server_lr * mean
             self._set(key, self.models[key] + step)

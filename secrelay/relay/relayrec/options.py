@@ -74,6 +74,11 @@ class RelayRecOptions:
         The per-cluster server step of the clustered collaborations: ``"sgd"``
         (FedAvg's, default η = 1) or ``"adagrad"`` (FedAdagrad per cluster, default
         η = 0.01, τ = 1e-3); ``server_lr`` unset takes the optimizer's default.
+    server_momentum:
+        Heavy-ball momentum β in [0, 1) of the ``"sgd"`` per-cluster server step
+        (DP-FedAvgM; default 0 = none). Pair it with ``server_lr = 1 − β`` to keep
+        FedAvg's long-run step; under user-level DP it averages the noise of
+        successive releases.
     weighting:
         Device weights in the clustered aggregation: ``"samples"`` (default) or
         ``"uniform"``; ``privacy.user_level_dp`` always uses uniform weights (sample
@@ -115,6 +120,7 @@ class RelayRecOptions:
     server_optimizer: Literal["sgd", "adagrad"] = "sgd"
     server_lr: float | None = None
     server_tau: float = 1e-3
+    server_momentum: float = 0.0
     weighting: Literal["samples", "uniform"] = "samples"
     dp_count_share: float = 0.25
     he_poly_modulus_degree: int = 8192
@@ -183,6 +189,17 @@ def _check_relayrec(o: Mapping[str, Any]) -> list[str]:
         problems.append(
             "method.options.server_optimizer applies to the clustered collaborations only; "
             f"got collaboration = {o.get('collaboration')!r}"
+        )
+    beta = o.get("server_momentum", 0.0)
+    if not (isinstance(beta, (int, float)) and 0 <= beta < 1):
+        problems.append(f"method.options.server_momentum must be in [0, 1); got {beta!r}")
+    elif beta > 0 and (
+        o.get("server_optimizer", "sgd") != "sgd"
+        or not str(o.get("collaboration", "clustered_fedprox")).startswith("clustered")
+    ):
+        problems.append(
+            "method.options.server_momentum applies to the 'sgd' server step of the "
+            "clustered collaborations only"
         )
     if "mu" in o and o["mu"] < 0:
         problems.append(f"method.options.mu must be >= 0; got {o['mu']!r}")

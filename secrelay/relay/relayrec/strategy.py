@@ -74,6 +74,7 @@ def _make_strategy(opts: RelayRecOptions, *, uniform: bool = False) -> Strategy:
             server_optimizer=opts.server_optimizer,
             server_lr=opts.effective_server_lr,
             tau=opts.server_tau,
+            server_momentum=opts.server_momentum,
         )
     if c == "fedprox":
         return SharedUpdateStrategy(mu=opts.mu, weighting=weighting)

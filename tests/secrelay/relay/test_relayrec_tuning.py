@@ -89,3 +89,37 @@ def test_relayrec_options_build_the_per_cluster_optimizer():
         RelayRecOptions.from_mapping({"server_lr": 0.0})
     with pytest.raises(InvalidParameterError, match="server_optimizer"):
         ClusteredStrategy(server_optimizer="adam")  # type: ignore[arg-type]
+
+
+def test_server_momentum_per_cluster_is_heavy_ball_and_resumes():
+    s = ClusteredStrategy(server_lr=0.5, server_momentum=0.5)
+    s.initialize({"a": np.zeros(1), "b": np.zeros(1)})
+    s.aggregate(1, _sums([[2.0], [0.0]], [1.0, 0.0], [1.0, 0.0]))  # a: Δ = 2; b empty
+    np.testing.assert_allclose(s.models["a"], [1.0])  # m = 2, w = 0.5·2
+    assert "b" not in s.v and s.models["b"][0] == 0.0  # an empty key's velocity is not advanced
+    # Resume from a checkpoint half-way: the velocity comes back with the models.
+    t = ClusteredStrategy(server_lr=0.5, server_momentum=0.5)
+    t.load_state_dict(s.state_dict())
+    for strat in (s, t):
+        strat.aggregate(2, _sums([[2.0], [4.0]], [1.0, 1.0], [1.0, 1.0]))
+    # a: m = 0.5·2 + 2 = 3, w = 1 + 1.5; b's first update: m = 4, w = 2.
+    np.testing.assert_allclose(s.models["a"], [2.5])
+    np.testing.assert_allclose(s.models["b"], [2.0])
+    np.testing.assert_array_equal(t.models["a"], s.models["a"])
+    np.testing.assert_array_equal(t.v["a"], s.v["a"])
+
+
+def test_server_momentum_is_refused_where_it_does_not_apply():
+    opts = RelayRecOptions.from_mapping({"server_momentum": 0.9, "server_lr": 0.1})
+    strat = _make_strategy(opts)
+    assert isinstance(strat, ClusteredStrategy) and strat.server_momentum == 0.9
+    for bad in (
+        {"server_momentum": 1.0},
+        {"server_momentum": -0.1},
+        {"server_momentum": 0.5, "server_optimizer": "adagrad"},
+        {"server_momentum": 0.5, "collaboration": "fedprox"},
+    ):
+        with pytest.raises(ConfigError, match="server_momentum"):
+            RelayRecOptions.from_mapping(bad)
+    with pytest.raises(InvalidParameterError, match="server_momentum"):
+        ClusteredStrategy(server_optimizer="adagrad", server_momentum=0.5)
