@@ -183,9 +183,8 @@ def _check_relayrec(o: Mapping[str, Any]) -> list[str]:
         problems.append(f"method.options.server_lr must be > 0; got {o['server_lr']!r}")
     if "server_tau" in o and not o["server_tau"] > 0:
         problems.append(f"method.options.server_tau must be > 0; got {o['server_tau']!r}")
-    if o.get("server_optimizer", "sgd") != "sgd" and not str(
-        o.get("collaboration", "clustered_fedprox")
-    ).startswith("clustered"):
+    clustered = str(o.get("collaboration", "clustered_fedprox")).startswith("clustered")
+    if o.get("server_optimizer", "sgd") != "sgd" and not clustered:
         problems.append(
             "method.options.server_optimizer applies to the clustered collaborations only; "
             f"got collaboration = {o.get('collaboration')!r}"
@@ -193,10 +192,7 @@ def _check_relayrec(o: Mapping[str, Any]) -> list[str]:
     beta = o.get("server_momentum", 0.0)
     if not (isinstance(beta, (int, float)) and 0 <= beta < 1):
         problems.append(f"method.options.server_momentum must be in [0, 1); got {beta!r}")
-    elif beta > 0 and (
-        o.get("server_optimizer", "sgd") != "sgd"
-        or not str(o.get("collaboration", "clustered_fedprox")).startswith("clustered")
-    ):
+    elif beta > 0 and (o.get("server_optimizer", "sgd") != "sgd" or not clustered):
         problems.append(
             "method.options.server_momentum applies to the 'sgd' server step of the "
             "clustered collaborations only"
