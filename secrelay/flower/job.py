@@ -27,11 +27,12 @@ from secrelay.federated.client import ClientProgram, DeviceData, ModelSpec, Plai
 from secrelay.federated.loop import RoundConfig
 from secrelay.federated.secure import SecureSum, SecureSumSettings
 from secrelay.federated.strategies import Strategy, make_strategy
-from secrelay.methods.cloud import make_train_config, model_spec_from
+from secrelay.methods.cloud import local_train_config, model_spec_from
 from secrelay.methods.data import PreparedData, prepare_data
 from secrelay.methods.loop import round_config_from
-from secrelay.privacy.plan import PrivacyPlan
+from secrelay.privacy.plan import PrivacyPlan, release_support
 from secrelay.privacy.user_dp import UserLevelDPSum
+from secrelay.training import TrainConfig
 
 __all__ = ["FlowerJob", "flower_problems"]
 
@@ -53,12 +54,6 @@ def flower_problems(config: RunConfig) -> list[str]:
         problems.append(
             "federated.dropout_rate simulates dropouts in-process; over Flower devices "
             f"drop out for real: set it to 0 (got {config.federated.dropout_rate!r})"
-        )
-    if config.local.trainable != "all":
-        problems.append(
-            "local.trainable = 'dense' / 'seen' is not wired into the Flower app yet (its "
-            "devices build the trainer and the DP release from the run config alone); set "
-            f"local.trainable = 'all' (got {config.local.trainable!r})"
         )
     return problems
 
@@ -132,12 +127,16 @@ class FlowerJob:
         return strategy
 
     @cached_property
+    def train_config(self) -> TrainConfig:
+        """``[local]`` as the devices' training settings, as the in-process run builds
+        them (with ``trainable = "seen"``: the embedding rows the cloud's data uses)."""
+        return local_train_config(self.config, self.data.cloud)
+
+    @cached_property
     def program(self) -> ClientProgram:
         """The device program, with the privacy plan's DP-SGD / clipping composed in."""
         strategy = self.strategy()
-        program = strategy.client_program(
-            self.model_spec, PlainTrainer(make_train_config(self.config.local))
-        )
+        program = strategy.client_program(self.model_spec, PlainTrainer(self.train_config))
         problems = self.plan.loop_problems(strategy, program)
         if problems:
             raise ConfigError("; ".join(dict.fromkeys(problems)))
@@ -168,6 +167,7 @@ class FlowerJob:
         spec = strategy.release_spec(float(p.clipping_norm))
         if spec is None:  # pragma: no cover - loop_problems refused it already
             raise ConfigError(f"strategy {strategy.name!r} has no user-level DP release")
+        spec = release_support(spec, self.train_config, self.model_spec)
         base = SecureSum(self.secure_settings, seed=self.config.run.seed)
         return self.plan.private_sum(
             base,

@@ -45,7 +45,13 @@ from protocols.secagg import (
 )
 from secrelay.config import RunConfig
 from secrelay.federated.aggregation import SumProtocol, SumResult
-from secrelay.federated.client import ClientProgram, DeviceData, DeviceOutput, DeviceTask
+from secrelay.federated.client import (
+    ClientProgram,
+    DeviceData,
+    DeviceOutput,
+    DeviceTask,
+    PlainTrainer,
+)
 from secrelay.federated.executor import Executor
 from secrelay.federated.loop import FederatedLoop
 from secrelay.federated.messages import SERVER, MaskedUpload
@@ -364,7 +370,7 @@ def run_flower_server(
     population = cast("dict[int, DeviceData]", dict.fromkeys(job.population))
     loop: FederatedLoop = job.plan.build_loop(
         strategy,
-        job.strategy().client_program(job.model_spec, _plain_trainer(config)),
+        job.strategy().client_program(job.model_spec, PlainTrainer(job.train_config)),
         population,
         job.model_spec,
         config=job.round_config(),
@@ -395,9 +401,3 @@ def run_flower_server(
         rounds=tuple(records),
         privacy_records=tuple(ledger),
     )
-
-
-def _plain_trainer(config: RunConfig) -> Any:
-    from secrelay.federated.client import PlainTrainer
-
-    return PlainTrainer(make_train_config(config.local))

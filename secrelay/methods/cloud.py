@@ -14,7 +14,13 @@ from secrelay.data.schema import Schema
 from secrelay.federated.client import ModelSpec, flat_parameters
 from secrelay.training import TrainConfig, train_epochs
 
-__all__ = ["make_train_config", "model_spec_from", "train_cloud_model"]
+__all__ = [
+    "local_train_config",
+    "make_train_config",
+    "model_spec_from",
+    "seen_rows",
+    "train_cloud_model",
+]
 
 
 def make_train_config(
@@ -32,6 +38,16 @@ def make_train_config(
         trainable=getattr(section, "trainable", "all"),
         trainable_rows=trainable_rows,
     )
+
+
+def local_train_config(config: RunConfig, cloud: CTRDataset) -> TrainConfig:
+    """``[local]`` as the devices' :class:`TrainConfig`; with ``trainable = "seen"``
+    the embedding rows the cloud's data uses are the ones that may train (public:
+    the cloud's own data, sent with the model). The in-process loop and the Flower
+    app both build it here, so their devices train the same parameters."""
+    local = config.local
+    rows = seen_rows(cloud) if local.trainable == "seen" else None
+    return make_train_config(local, trainable_rows=rows)
 
 
 def seen_rows(data: CTRDataset) -> tuple[int, ...]:

@@ -17,7 +17,7 @@ from secrelay.federated.client import ClientProgram
 from secrelay.federated.loop import FederatedLoop, RoundConfig, RoundRecord
 from secrelay.federated.strategies import Strategy
 from secrelay.methods.base import Method
-from secrelay.methods.cloud import make_train_config, seen_rows
+from secrelay.methods.cloud import local_train_config
 from secrelay.privacy.plan import PrivacyPlan
 from secrelay.training import TrainConfig
 
@@ -57,9 +57,7 @@ class LoopMethod(Method):
         """``[local]`` as the devices' :class:`TrainConfig`; with ``trainable = "seen"``
         the embedding rows the cloud's data uses are the ones that may train (public:
         the cloud's own data, sent with the model)."""
-        local = self.ctx.config.local
-        rows = seen_rows(self.ctx.data.cloud) if local.trainable == "seen" else None
-        return make_train_config(local, trainable_rows=rows)
+        return local_train_config(self.ctx.config, self.ctx.data.cloud)
 
     def round_config(self, **overrides: Any) -> RoundConfig:
         """The ``[federated]`` sampling, dropout and evaluation settings."""

@@ -72,7 +72,7 @@ from secrelay.privacy.user_dp import (
 )
 from secrelay.training import TrainConfig, trainable_mask
 
-__all__ = ["PrivacyPlan", "max_participations"]
+__all__ = ["PrivacyPlan", "max_participations", "release_support"]
 
 
 def max_participations(
@@ -563,11 +563,7 @@ class PrivacyPlan:
             assert p.clipping_norm is not None
             spec = strategy.release_spec(float(p.clipping_norm))
             assert spec is not None
-            train = _train_config(program)
-            if train is not None and train.trainable != "all":
-                # Devices never change the frozen coordinates: no noise there.
-                mask = trainable_mask(model_spec.build(), train.trainable, train.trainable_rows)
-                spec = spec.with_model_support(mask)
+            spec = release_support(spec, _train_config(program), model_spec)
             base = self.private_sum(
                 base,
                 strategy,
@@ -620,6 +616,19 @@ class PrivacyPlan:
             if rec is not None:
                 out.append(rec)
         return tuple(out)
+
+
+def release_support(
+    spec: ReleaseSpec, train: TrainConfig | None, model_spec: ModelSpec
+) -> ReleaseSpec:
+    """``spec`` restricted to the coordinates devices training with ``train`` can
+    change (``[local] trainable``): devices never change the frozen ones, so the
+    release puts no noise there. Unchanged when everything trains. The in-process
+    loop and the Flower app (device and server side) all build the spec here."""
+    if train is None or train.trainable == "all":
+        return spec
+    mask = trainable_mask(model_spec.build(), train.trainable, train.trainable_rows)
+    return spec.with_model_support(mask)
 
 
 def _train_config(program: ClientProgram) -> TrainConfig | None:
