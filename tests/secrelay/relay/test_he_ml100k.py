@@ -1,6 +1,7 @@
 """The acceptance checks of the encrypted flows on MovieLens-100K (slow; skipped when
 the data is absent): the encrypted selector agrees with the plaintext square selector
-on >= 99.5 % of devices, encrypted matching returns the plaintext top K on >= 99 %.
+on >= 99.5 % of devices, encrypted matching returns the plaintext top K up to ties
+(the same multiset of distances) on every device and as a set on >= 97 %.
 The full figures (all 943 devices, RelayRec gAUC with HE on and off) are in
 docs/results.md, from ``benchmarks/he_ml100k.py``."""
 
@@ -74,10 +75,21 @@ def test_encrypted_matching_returns_the_plaintext_top_k(ml100k_path: Path) -> No
     knn = KNNMatcher(pool_users, pool_vecs)
     server = HEMatchServer(pool_users, pool_vecs, MATCHING_PARAMETERS)
     channel = Channel(Transcript(keep_payloads=False))
+    row = {int(u): i for i, u in enumerate(pool_users)}
+
+    def distances(users: np.ndarray, v: np.ndarray) -> np.ndarray:
+        x = np.asarray(pool_vecs, dtype=np.float64)[[row[int(u)] for u in users]]
+        return np.sort(((x - np.asarray(v, dtype=np.float64)) ** 2).sum(axis=1))
+
     same = n = 0
     for dev, dd in sorted(data.devices.items())[:DEVICES]:
         v = device_user_vector(dd.train, feature)
         got = encrypted_match(dev, 1, v, k=100, channel=channel, server=server)
-        same += int(set(got.tolist()) == set(knn.match(v[None, :], k=100)[0].tolist()))
+        plain = knn.match(v[None, :], k=100)[0]
+        # CKKS noise may reorder pool users at *equal* distance at the k-th place
+        # (docs/results.md: 935 / 943 as sets, 943 / 943 up to ties), so the exact
+        # check is the multiset of distances; set equality only on most devices.
+        assert np.allclose(distances(got, v), distances(plain, v), rtol=0, atol=1e-6), dev
+        same += int(set(got.tolist()) == set(plain.tolist()))
         n += 1
-    assert same / n >= 0.99
+    assert same / n >= 0.97
