@@ -10,7 +10,9 @@ over seeds. Choose on this table, then report the chosen cell on the test split
         --set method.options.num_categories=2,8,18 --set method.options.num_clusters=2,4 \\
         --seeds 0 --rounds 20 --out runs/sweep-relayrec
 
-Cells already finished in ``--out`` are read back, not rerun (a crashed sweep resumes).
+Cells already finished in ``--out`` are read back, not rerun; a cell stopped midway
+(killed sweep, a process-pool worker killed) continues from its last checkpoint, and a
+cell whose worker pool broke is resumed once more before the sweep gives up.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import itertools
 import json
 import statistics
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from secrelay.config import RunConfig, read_toml
-from secrelay.experiment import run
+from secrelay.config import RunConfig, load_run_config, read_toml
+from secrelay.experiment import resume, run
 
 
 def _value(text: str) -> Any:
@@ -56,6 +59,28 @@ def _apply(data: dict[str, Any], key: str, value: Any) -> None:
 def _cell_name(combo: tuple[tuple[str, Any], ...], seed: int) -> str:
     parts = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in combo]
     return "_".join([*parts, f"seed={seed}"]).replace("/", "-") or f"seed={seed}"
+
+
+def _run_cell(config: RunConfig, rd: Path, *, retries: int = 1) -> None:
+    """Run one cell into ``rd``: continue its checkpoint when one is there (a sweep
+    stopped midway; its config must be this cell's), else start it; a broken
+    process pool (a worker killed) resumes from the last checkpoint ``retries`` times."""
+    for attempt in range(retries + 1):
+        try:
+            if (rd / "checkpoint.pt").exists():
+                if load_run_config(rd).to_json() != config.to_json():
+                    raise SystemExit(
+                        f"{rd} holds a checkpoint of another config; remove it or choose "
+                        "another --out"
+                    )
+                resume(rd, progress=False, log=lambda _: None)
+            else:
+                run(config, rd, progress=False, log=lambda _: None)
+            return
+        except BrokenProcessPool:
+            if attempt == retries:
+                raise
+            print(f"{rd.name}: a worker process died; resuming from the checkpoint", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,13 +115,7 @@ def main(argv: list[str] | None = None) -> None:
             summary = rd / "summary.json"
             if not summary.exists():
                 t0 = time.perf_counter()
-                run(
-                    RunConfig.from_dict(data),
-                    rd,
-                    overwrite=True,
-                    progress=False,
-                    log=lambda _: None,
-                )
+                _run_cell(RunConfig.from_dict(data), rd)
                 print(f"{rd.name}: {time.perf_counter() - t0:.0f} s", flush=True)
             finals.append(json.loads(summary.read_text())["final"])
         rows.append((combo, finals))
