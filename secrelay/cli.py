@@ -346,6 +346,7 @@ def audit(
     audit_epsilon.png.
     """
     from secrelay.audit import audit as run_audit
+    from secrelay.auditing.report import comparison_bound_note
 
     try:
         result = run_audit(
@@ -424,7 +425,13 @@ def audit(
         u = next(x for x in result.units if x.unit == unit)
         out.print(
             f"OVER BUDGET: {unit}-level ε = {f(u.epsilon(a))} ({a}) exceeds the budget "
-            f"{f(u.budget)} ({u.budget_key})",
+            f"{f(u.budget)} ({u.budget_key})"
+            + comparison_bound_note(
+                a,
+                result.accountant,
+                u.epsilon(result.accountant),
+                result.accountant in u.over_budget,
+            ),
             markup=False,
         )
     for w in report.get("warnings", []):

@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from secrelay.auditing.report import comparison_bound_note
+
 if TYPE_CHECKING:
     from secrelay.auditing.report import AuditReport
 
@@ -77,10 +79,26 @@ def render_markdown(report: AuditReport | Mapping[str, Any]) -> str:
         b = next(
             x for x in r["budgets"] if x["unit"] == o["unit"] and x["accountant"] == o["accountant"]
         )
+        own = next(
+            (
+                x
+                for x in r["budgets"]
+                if x["unit"] == o["unit"] and x["accountant"] == r["accountant"]
+            ),
+            None,
+        )
+        note = comparison_bound_note(
+            o["accountant"],
+            r["accountant"],
+            None if own is None else own["epsilon"],
+            own is not None and own["over_budget"],
+        )
         lines += [
             "",
             f"> **Over budget:** {o['unit']}-level ε = {_fmt(b['epsilon'])} by the "
-            f"{o['accountant']} accountant exceeds {b['budget_key']} = {_fmt(b['budget'])}.",
+            f"{o['accountant']} accountant exceeds {b['budget_key']} = {_fmt(b['budget'])}"
+            + note
+            + ".",
         ]
     for w in r.get("warnings", []):
         lines += ["", f"> **Warning:** {w}"]

@@ -22,9 +22,24 @@ from secrelay.auditing.empirical import EmpiricalBound
 from secrelay.auditing.evidence import LedgerCheck
 from secrelay.auditing.flows import Flow
 
-__all__ = ["AccountantEpsilon", "AuditReport", "UnitEpsilon"]
+__all__ = ["AccountantEpsilon", "AuditReport", "UnitEpsilon", "comparison_bound_note"]
 
 Unit = Literal["user", "example", "pool_user"]
+
+
+def comparison_bound_note(
+    accountant: str, own_accountant: str, own_epsilon: float | None, own_over_budget: bool
+) -> str:
+    """What to add to an over-budget flag raised by a *comparison* accountant while the
+    run's own accountant keeps the budget (empty otherwise): the budget is held against
+    every accountant's upper bound, and a looser one may exceed it."""
+    if accountant == own_accountant or own_epsilon is None or own_over_budget:
+        return ""
+    return (
+        f"; {accountant} is a comparison bound: the run's accountant ({own_accountant}) "
+        f"gives {own_epsilon:.3f} for the same releases, within the budget (every figure "
+        "is an upper bound; the budget is held against each)"
+    )
 
 
 @dataclass(frozen=True)

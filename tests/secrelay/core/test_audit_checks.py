@@ -16,6 +16,7 @@ import secrelay
 from protocols.dp import PrivacyLedger
 from protocols.errors import exit_code
 from secrelay.auditing import AuditError, AuditReport
+from secrelay.auditing.markdown import render_markdown
 from secrelay.cli import app
 from secrelay.config import RunConfig, load_config
 from secrelay.experiment import run
@@ -169,6 +170,10 @@ def test_an_accountant_over_budget_is_flagged(dp_run: Path, tmp_path: Path) -> N
     assert flags[("user", "prv")] is False and flags[("user", "rdp")] is True
     assert "OVER BUDGET" in (rd / "audit.md").read_text()
     assert secrelay.audit(rd, write=False).over_budget == (("user", "rdp"),)
+    # ... and says that RDP is a comparison bound while the run's PRV keeps the budget.
+    own = f"the run's accountant (prv) gives {prv:.3f} for the same releases, within the budget"
+    assert own in " ".join(out.split())
+    assert own in (rd / "audit.md").read_text()
 
 
 @pytest.mark.slow  # PRV calibration of the noise: ~10 s
@@ -189,6 +194,8 @@ def test_a_calibration_target_binds_the_audits_own_accountant_only(tmp_path: Pat
     assert (report.user.epsilon("prv") or 0.0) <= 3.0 < (report.user.epsilon("rdp") or 0.0)
     strict = secrelay.audit(rd, accountant="rdp", comparison="prv", write=False)
     assert strict.over_budget == (("user", "rdp"),)
+    # The run's own accountant over its claim gets no "comparison bound" excuse.
+    assert "comparison bound" not in render_markdown(strict)
 
 
 def test_a_dp_run_stopped_before_its_first_round_is_not_an_error(tmp_path: Path) -> None:

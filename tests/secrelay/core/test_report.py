@@ -92,6 +92,7 @@ def test_report_states_the_runs_epsilon_and_flows(dp_run: Path) -> None:
 
 
 def test_report_shows_attack_audit_results(dp_run: Path, tmp_path: Path) -> None:
+    write_report(dp_run)  # the unaudited run's report (does not rely on another test)
     rd = tmp_path / "run"
     shutil.copytree(dp_run, rd)
     (rd / "attack_audit.json").write_text(
