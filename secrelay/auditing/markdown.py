@@ -75,18 +75,10 @@ def render_markdown(report: AuditReport | Mapping[str, Any]) -> str:
         + ("used (masked uploads observed)" if r["secure_aggregation"] else "not observed"),
         f"- randomness: **{r.get('randomness', '—')}**",
     ]
+    figures = {(x["unit"], x["accountant"]): x for x in r["budgets"]}
     for o in r["over_budget"]:
-        b = next(
-            x for x in r["budgets"] if x["unit"] == o["unit"] and x["accountant"] == o["accountant"]
-        )
-        own = next(
-            (
-                x
-                for x in r["budgets"]
-                if x["unit"] == o["unit"] and x["accountant"] == r["accountant"]
-            ),
-            None,
-        )
+        b = figures[o["unit"], o["accountant"]]
+        own = figures.get((o["unit"], r["accountant"]))
         note = comparison_bound_note(
             o["accountant"],
             r["accountant"],
